@@ -1,0 +1,86 @@
+"""Closed vocabularies and small shared value types.
+
+Every name a recipe, a stats file or a column can carry is defined here once, so a typo is a
+validation error instead of a silently ignored string.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypedDict
+
+
+class Role(str, Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+Chat = list[Message]
+
+
+class EngineBackend(str, Enum):
+    VLLM = "vllm"
+    TRANSFORMERS = "transformers"
+
+
+class PairingStrategy(str, Enum):
+    """How n scored samples of one prompt become pairs (RLHFlow / Curry-DPO names)."""
+
+    MAX_MIN = "max_min"  # best vs worst: one pair
+    MAX_RANDOM = "max_random"  # best vs a random lower-scored sample: one pair
+    RANDOM = "random"  # two random samples with different scores: one pair
+    RANKED = "ranked"  # best vs each other: n-1 pairs, largest gap first (easy to hard)
+
+
+class SourceFormat(str, Enum):
+    """Readers for input files; `auto` picks by suffix (.jsonl/.json, .parquet, a datasets folder)."""
+
+    AUTO = "auto"
+    JSONL = "jsonl"
+    PARQUET = "parquet"
+    DATASETS = "datasets"
+
+
+class SourceKind(str, Enum):
+    """What the rows of an input are."""
+
+    PROMPTS = "prompts"  # one prompt (string or chat) per row, optional reference answer
+    PAIRS = "pairs"  # prompt/chosen/rejected (strings or chats; TRL implicit-prompt allowed)
+    HH = "hh"  # HH-RLHF transcripts: chosen/rejected "\n\nHuman: ...\n\nAssistant: ..."
+
+
+class RejectReason(str, Enum):
+    """Why an input or intermediate row was set aside (rejects.parquet `reason`)."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_UTF8 = "not_utf8"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    EMPTY_TEXT = "empty_text"
+    CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
+    DUPLICATE_ID = "duplicate_id"
+    NO_ASSISTANT_TURN = "no_assistant_turn"
+    TRANSCRIPTS_DIVERGE_EARLY = "transcripts_diverge_early"
+    BAD_ROLE = "bad_role"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    NAN_SCORE = "nan_score"
+    NO_PAIR = "no_pair"
+
+
+class ScoreError(str, Enum):
+    """Why a scorer returned null for a row. Counted in stats, never replaced by an invented score."""
+
+    NO_REFERENCE = "no_reference"  # verifier: row has no reference answer
+    UNPARSEABLE_REFERENCE = "unparseable_reference"
+    NO_ANSWER = "no_answer"  # verifier: no final answer found in the response
+    NO_SCORE_TOKENS = "no_score_tokens"  # judge: none of the rating tokens is among the top logprobs
+    UNPARSEABLE_VERDICT = "unparseable_verdict"  # judge (text mode): no rating in the generated text
+    EMPTY_RESPONSE = "empty_response"
+    TRUNCATED = "truncated"  # input longer than the scorer's context
