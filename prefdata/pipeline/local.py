@@ -1,0 +1,53 @@
+"""The local executor: shards in order, every stage on each shard, one process.
+
+Each shard's final table is written as soon as it is done (atomically, rows sorted by id), so
+a long build keeps its finished shards even if a later shard fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.stage import Stage, StageStats
+from prefdata.schemas.errors import Reject
+from prefdata.schemas.writers import shard_path, sort_by_id, write_parquet_atomic
+
+
+def iter_shards(table: pa.Table, shard_size: int) -> Iterator[pa.Table]:
+    if table.num_rows == 0:
+        yield table
+        return
+    for start in range(0, table.num_rows, shard_size):
+        yield table.slice(start, shard_size)
+
+
+@dataclass
+class ExecutionResult:
+    stats: list[StageStats]
+    rejects: list[Reject] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)
+    rows: int = 0
+
+
+def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_dir: Path, shard_size: int,
+              on_shard: Callable[[int, int], None] | None = None) -> ExecutionResult:
+    result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
+    shards = list(iter_shards(table, shard_size))
+    for index, shard in enumerate(shards):
+        for position, stage in enumerate(stages):
+            out, stats = stage.run(shard, ctx)
+            result.stats[position].merge(stats)
+            result.rejects.extend(out.rejects)
+            shard = out.table
+        path = shard_path(out_dir, index)
+        write_parquet_atomic(sort_by_id(shard), path)
+        result.shards.append(path)
+        result.rows += shard.num_rows
+        if on_shard is not None:
+            on_shard(index + 1, len(shards))
+    return result

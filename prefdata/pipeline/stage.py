@@ -1,0 +1,111 @@
+"""The stage contract: a stage maps a table (one input shard) to a table, plus rejects and counts.
+
+Stages declare the columns they read and the columns they add; `check_chain` verifies a recipe's
+stage list against the input's columns once, before anything runs. A stage holds no global
+state: it is built from its typed config, acquires engines in `setup(ctx)`, and processes
+shards independently, so an executor may run shards in any order or on other machines.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from prefdata.pipeline.context import BuildContext
+from prefdata.schemas.errors import Reject
+from prefdata.schemas.pair import fingerprint
+
+
+@dataclass
+class StageStats:
+    """Counts of one stage: rows in/out, drops by reason, other counters, seconds."""
+
+    name: str
+    rows_in: int = 0
+    rows_out: int = 0
+    drops: Counter = field(default_factory=Counter)
+    counters: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def merge(self, other: StageStats) -> StageStats:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.drops.update(other.drops)
+        self.counters.update(other.counters)
+        self.seconds += other.seconds
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rows_in": self.rows_in, "rows_out": self.rows_out,
+                "drops": dict(sorted(self.drops.items())), "counters": dict(sorted(self.counters.items())),
+                "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class StageOutput:
+    table: pa.Table
+    rejects: list[Reject] = field(default_factory=list)
+    counters: Counter = field(default_factory=Counter)
+
+
+class Stage(ABC):
+    """One step of a build. Subclasses set `name`, `reads`, `adds` and implement `process`."""
+
+    name: ClassVar[str]
+    citation: ClassVar[str | None] = None  # BibTeX of the method, for the dataset card
+    reads: ClassVar[tuple[str, ...]] = ()
+    # Columns the stage's output has in place of its input's (generators) or in addition (filters).
+    adds: ClassVar[tuple[str, ...]] = ()
+    replaces_columns: ClassVar[bool] = False  # True for generators: output columns are `adds` only
+
+    def __init__(self, config: BaseModel):
+        self.config = config
+
+    def setup(self, ctx: BuildContext) -> None:  # noqa: B027 - stages without engines need nothing
+        """Acquire engines and models (called once per process before the first shard)."""
+
+    @abstractmethod
+    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        """Map one shard to its output table, rejects (with reasons) and counters."""
+
+    def identity(self) -> dict[str, Any]:
+        """Config and models that determine this stage's output (for fingerprints)."""
+        return {"stage": self.name, "config": self.config.model_dump(mode="json")}
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.identity())
+
+    def output_columns(self, input_columns: Sequence[str]) -> list[str]:
+        if self.replaces_columns:
+            return list(self.adds)
+        return list(input_columns) + [c for c in self.adds if c not in input_columns]
+
+    def run(self, table: pa.Table, ctx: BuildContext) -> tuple[StageOutput, StageStats]:
+        start = time.perf_counter()
+        out = self.process(table, ctx)
+        stats = StageStats(self.name, rows_in=table.num_rows, rows_out=out.table.num_rows,
+                           drops=Counter(r.reason.value for r in out.rejects), counters=Counter(out.counters),
+                           seconds=time.perf_counter() - start)
+        return out, stats
+
+
+class ChainError(ValueError):
+    pass
+
+
+def check_chain(stages: Iterable[Stage], input_columns: Sequence[str]) -> list[str]:
+    """Raise ChainError naming the first stage whose input lacks a column it reads."""
+    columns = list(input_columns)
+    for index, stage in enumerate(stages):
+        missing = [c for c in stage.reads if c not in columns]
+        if missing:
+            raise ChainError(f"stage {index} ({stage.name}) reads {missing}, but its input has only {columns}")
+        columns = stage.output_columns(columns)
+    return columns

@@ -1,0 +1,143 @@
+"""Recipes: typed build configs loaded from TOML or YAML.
+
+Every table is a pydantic model with `extra="forbid"`, so an unknown or misspelt key is an
+error that names the key, not a setting silently ignored. Paths may use `${VAR}` or
+`${VAR:-default}` (e.g. `${PREFDATA_DATA:-../shared/data}/gsm8k_test_300.jsonl`); relative
+paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prefdata.engines.config import EngineConfig
+from prefdata.registry import StageConfig
+from prefdata.schemas.errors import PrefdataError
+from prefdata.schemas.readers import ColumnMap
+from prefdata.types import SourceFormat, SourceKind
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_vars(text: str) -> str:
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None:
+            if default is None:
+                raise ValueError(f"environment variable {name} is not set (use ${{{name}:-default}})")
+            return default
+        return value
+
+    return _VAR.sub(replace, text)
+
+
+class RecipeError(PrefdataError):
+    pass
+
+
+class ColumnsConfig(BaseModel):
+    """Which source column feeds each field (dotted names reach into nested objects)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | None = Field("id", description="Row id column (rows without one get '<file stem>-<row>')")
+    prompt: str | None = Field("prompt", description="Prompt: a string, a chat, or an HH transcript")
+    chosen: str = Field("chosen", description="Chosen response (pairs) or chosen transcript (hh)")
+    rejected: str = Field("rejected", description="Rejected response (pairs) or rejected transcript (hh)")
+    reference: str | None = Field(None, description="Reference answer (e.g. GSM8K 'answer'), for verifiers")
+    chosen_score: str | None = Field(None, description="Existing score of the chosen response")
+    rejected_score: str | None = Field(None, description="Existing score of the rejected response")
+
+    def to_map(self) -> ColumnMap:
+        return ColumnMap(**self.model_dump())
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path = Field(description="Input file or folder (JSONL, Parquet, or a datasets folder)")
+    format: SourceFormat = Field(SourceFormat.AUTO, description="Reader; auto picks by suffix")
+    kind: SourceKind = Field(SourceKind.PROMPTS, description="prompts, pairs, or hh (HH-RLHF transcripts)")
+    columns: ColumnsConfig = Field(default_factory=ColumnsConfig, description="Column mapping")
+    limit: int | None = Field(None, ge=1, description="Use only the first N usable rows")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return expand_vars(value) if isinstance(value, str) else value
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dir: Path | None = Field(None, description="Output folder (default out/<recipe name>)")
+    shard_size: int = Field(256, ge=1, description="Input rows per shard (the unit of work and of output files)")
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        return expand_vars(value) if isinstance(value, str) else value
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("prefdata", pattern=r"^[A-Za-z0-9_.-]+$", description="Recipe name (default output folder)")
+    description: str = Field("", description="What this recipe builds")
+    seed: int = Field(0, description="Seed for every random choice; rows get seeds derived from it and their id")
+    source: SourceConfig
+    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"policy": EngineConfig()},
+                                             description="Named engines the stages use")
+    stages: list[StageConfig] = Field(default_factory=list, description="Stages, run in order on each shard")  # type: ignore[valid-type]
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def output_dir(self) -> Path:
+        return self.output.dir or Path("out") / self.name
+
+    def resolved(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+def _format_validation(origin: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{origin}: {loc or '<root>'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_recipe(data: dict[str, Any], origin: str = "<recipe>") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: a recipe must be a table/mapping, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_validation(origin, exc)) from None
+    except ValueError as exc:
+        raise RecipeError(f"{origin}: {exc}") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise RecipeError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+    return parse_recipe(data, str(path))

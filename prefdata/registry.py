@@ -1,0 +1,35 @@
+"""Stage names -> (typed config, stage class). The only place a recipe's `type` strings resolve.
+
+Explicit entries rather than import-time decorators: importing a module never changes what a
+recipe means, and this file lists every stage a recipe can name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, Field
+
+from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
+from prefdata.pipeline.stage import Stage
+
+STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
+    "on_policy": (OnPolicyConfig, OnPolicyGenerator),
+}
+
+
+def _stage_config_type() -> Any:
+    configs = tuple(config for config, _ in STAGES.values())
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007
+
+
+StageConfig = _stage_config_type()
+
+
+def make_stage(config: BaseModel) -> Stage:
+    kind = getattr(config, "type", None)
+    if kind not in STAGES:
+        raise KeyError(f"unknown stage type {kind!r}; known: {sorted(STAGES)}")
+    return STAGES[kind][1](config)

@@ -1,0 +1,96 @@
+"""Math answer verifier: 1.0 if a response's final answer equals the reference's, else 0.0.
+
+Final answers are read, in this order, from: GSM8K's "#### N", the last "\\boxed{N}", "The
+(final) answer is N", and an "A: N" line (the form of GSM8K's released model solutions).
+Numbers are compared exactly as decimals after removing thousands separators, currency signs,
+units after the number and trailing zeros ("1,000.00" == "1000"; "3/4" == "0.75").
+
+A response with no recognisable final answer gets null (`no_answer`), not 0: "did not answer in
+a checkable form" is a different fact from "answered wrong", and the builder reports it. Set
+`last_number_fallback` to take the last number in the text instead (looser, as many evals do).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.scorers.base import ScoreBatch, Scorer, ScoreResult
+from prefdata.types import ScoreError
+
+_NUMBER = r"-?\$?\s*-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\$?\s*-?\.\d+"
+_PATTERNS = (
+    re.compile(r"####\s*(" + _NUMBER + ")"),
+    re.compile(r"\\boxed\{\s*(?:\\text\{[^}]*\}\s*)?(" + _NUMBER + r")[^}]*\}"),
+    re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*[:=]?\s*\**\s*(" + _NUMBER + ")", re.IGNORECASE),
+    re.compile(r"(?m)^A:\s*(" + _NUMBER + ")"),
+)
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def parse_number(text: str) -> Fraction | None:
+    cleaned = text.replace("$", "").replace(",", "").replace(" ", "")
+    try:
+        if "/" in cleaned:
+            num, den = cleaned.split("/", 1)
+            return Fraction(Decimal(num)) / Fraction(Decimal(den)) if Decimal(den) != 0 else None
+        return Fraction(Decimal(cleaned))
+    except (InvalidOperation, ValueError, ZeroDivisionError):
+        return None
+
+
+def extract_answer(text: str, last_number_fallback: bool = False) -> Fraction | None:
+    """The final numeric answer of a solution, or None if it states none in a known form."""
+    for pattern in _PATTERNS:
+        matches = pattern.findall(text)
+        if matches:
+            return parse_number(matches[-1])
+    if last_number_fallback:
+        numbers = _ANY_NUMBER.findall(text)
+        if numbers:
+            return parse_number(numbers[-1])
+    return None
+
+
+class VerifierConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["verifier"] = "verifier"
+    last_number_fallback: bool = Field(False, description="If no final-answer form is found, use the last number in the response")
+
+
+class MathVerifier(Scorer):
+    name: ClassVar[str] = "verifier"
+
+    def __init__(self, config: VerifierConfig | None = None):
+        self.config = config or VerifierConfig()
+
+    def score(self, batch: ScoreBatch) -> ScoreResult:
+        values: list[float | None] = []
+        errors: list[str | None] = []
+        for i, response in enumerate(batch.responses):
+            reference = batch.reference(i)
+            if reference is None:
+                values.append(None)
+                errors.append(ScoreError.NO_REFERENCE.value)
+                continue
+            expected = extract_answer(reference, last_number_fallback=True)
+            if expected is None:
+                values.append(None)
+                errors.append(ScoreError.UNPARSEABLE_REFERENCE.value)
+                continue
+            got = extract_answer(response, self.config.last_number_fallback)
+            if got is None:
+                values.append(None)
+                errors.append(ScoreError.NO_ANSWER.value)
+                continue
+            values.append(1.0 if got == expected else 0.0)
+            errors.append(None)
+        return ScoreResult(values, errors)
+
+    def identity(self) -> dict[str, Any]:
+        return {"scorer": self.name, **self.config.model_dump()}
