@@ -1,0 +1,115 @@
+"""Generation throughput: prefdata's engines next to bare vLLM and bare transformers, same prompts.
+
+    python bench/generate.py [--prompts 32] [--n 4] [--max-tokens 128] [--skip-transformers]
+
+Prints tokens/s of generated tokens for each path, and the ratios to bare vLLM, from one run
+(this machine is noisy: compare ratios within a run, not numbers across runs). All paths use
+the embedded SmolLM2-135M-Instruct in bf16 and the same chat-templated prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+DATA = Path(os.environ.get("PREFDATA_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+
+    import pyarrow as pa
+
+    from prefdata.engines import ChatFormatter, EngineConfig, SamplingParams, load_engine
+    from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
+    from prefdata.pipeline.context import BuildContext, EnginePool
+    from prefdata.schemas.readers import read_prompts
+
+    prompts = read_prompts(DATA / "oasst_prompt_lottery_150.jsonl", limit=args.prompts).table
+    results: dict[str, dict] = {}
+
+    engine = load_engine(EngineConfig(backend="vllm", dtype="bfloat16", kv_cache_gib=2))
+    formatter = ChatFormatter(engine.tokenizer)
+    ids = [formatter.prompt_ids(p) for p in prompts.column("prompt").to_pylist()]
+    params = [SamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=i) for i in range(len(ids))]
+    engine.generate(ids[:2], SamplingParams(max_tokens=8))  # warm-up
+
+    out, seconds = timed(lambda: engine.generate(ids, params))
+    tokens = sum(len(c.token_ids) for o in out for c in o)
+    results["prefdata vLLM engine.generate"] = {"tokens": tokens, "seconds": seconds}
+
+    from vllm import SamplingParams as VSamplingParams
+
+    bare = engine._llm  # the same loaded LLM, called directly: what the wrapper costs
+    vparams = VSamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=None)
+    vout, seconds = timed(lambda: bare.generate([{"prompt_token_ids": p} for p in ids], vparams, use_tqdm=False))
+    tokens = sum(len(c.token_ids) for o in vout for c in o.outputs)
+    results["bare vLLM LLM.generate"] = {"tokens": tokens, "seconds": seconds}
+
+    stage = OnPolicyGenerator(OnPolicyConfig(n=args.n, sampling={"max_tokens": args.max_tokens, "temperature": 0.8}))
+    pool = EnginePool({})
+    pool.put("policy", engine)
+    ctx = BuildContext(engines=pool)
+    stage.setup(ctx)
+    (stage_out, stats), seconds = timed(lambda: stage.run(pa.Table.from_pylist(prompts.to_pylist(), schema=prompts.schema), ctx))
+    results["prefdata on_policy stage (generate + judge + pair)"] = {
+        "tokens": None, "seconds": seconds, "pairs": stage_out.table.num_rows, "prompts": len(ids)}
+    engine.close()
+
+    if not args.skip_transformers:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from prefdata.engines.embedded import resolve_model
+
+        hf = load_engine(EngineConfig(backend="transformers", dtype="bfloat16", batch_size=32))
+        out, seconds = timed(lambda: hf.generate(ids, params))
+        tokens = sum(len(c.token_ids) for o in out for c in o)
+        results["prefdata transformers engine.generate"] = {"tokens": tokens, "seconds": seconds}
+
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(None), dtype=torch.bfloat16).eval()
+        tok = hf.tokenizer
+        tok.padding_side = "left"
+        total, seconds = 0, 0.0
+        for start in range(0, len(ids), 8):  # 8 prompts x n samples = 32 sequences per call
+            chunk = ids[start:start + 8]
+            batch = tok.pad({"input_ids": chunk}, return_tensors="pt")
+            with torch.inference_mode():
+                gen, dt = timed(lambda batch=batch: model.generate(**batch, do_sample=True, temperature=0.8, max_new_tokens=args.max_tokens,
+                                                       num_return_sequences=args.n, pad_token_id=tok.pad_token_id))
+            for row in gen[:, batch["input_ids"].shape[1]:].tolist():  # tokens up to and including EOS
+                total += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+            seconds += dt
+        results["bare transformers model.generate"] = {"tokens": total, "seconds": seconds}
+
+    base = results["bare vLLM LLM.generate"]
+    base_rate = base["tokens"] / base["seconds"]
+    print(f"{args.prompts} OASST prompts x n={args.n} x max {args.max_tokens} new tokens, SmolLM2-135M bf16\n")
+    print(f"{'path':55s} {'tokens':>7s} {'seconds':>8s} {'tok/s':>8s} {'vs bare vLLM':>12s}")
+    for name, r in results.items():
+        if r["tokens"] is None:
+            print(f"{name:55s} {'':>7s} {r['seconds']:8.1f} {'':>8s} {'':>12s}  ({r['pairs']} pairs from {r['prompts']} prompts)")
+            continue
+        rate = r["tokens"] / r["seconds"]
+        print(f"{name:55s} {r['tokens']:7d} {r['seconds']:8.1f} {rate:8.0f} {rate / base_rate:11.2f}x")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The CLI: Typer's CliRunner in-process, and one real `prefdata build` subprocess on vLLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import prefdata
+from prefdata.cli import app
+
+from .conftest import FIXTURES
+
+RECIPE = """
+name = "cli"
+[source]
+path = "{src}"
+[engines.policy]
+backend = "{backend}"
+dtype = "float32"
+[[stages]]
+type = "on_policy"
+n = 2
+[stages.sampling]
+max_tokens = 10
+temperature = 1.0
+"""
+
+
+def _write_recipe(tmp_path, backend):
+    path = tmp_path / "recipe.toml"
+    path.write_text(RECIPE.format(src=FIXTURES / "prompts_small.jsonl", backend=backend))
+    return path
+
+
+def test_cli_build_in_process(tmp_path):
+    recipe = _write_recipe(tmp_path, "transformers")
+    result = CliRunner().invoke(app, ["build", str(recipe), "--output", str(tmp_path / "out"), "--limit", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["source"]["rows_ok"] == 2
+    assert len(prefdata.load(tmp_path / "out")) == stats["output"]["rows"]
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[source]\npath = "x.jsonl"\nbogus = 1\n')
+    result = CliRunner().invoke(app, ["build", str(bad)])
+    assert result.exit_code == 2
+    assert "source.bogus: Extra inputs are not permitted" in result.output
+    assert "Traceback" not in result.output
+    missing_input = _write_recipe(tmp_path, "transformers")
+    result = CliRunner().invoke(app, ["build", str(missing_input), "--input", str(tmp_path / "nope.jsonl"), "-q"])
+    assert result.exit_code == 2 and "nope.jsonl: file not found" in result.output
+
+
+@pytest.mark.vllm
+def test_cli_build_subprocess_with_vllm(tmp_path):
+    recipe = _write_recipe(tmp_path, "vllm")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "prefdata", "build", str(recipe), "-o", str(out), "--limit", "3", "-q"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["engines"]["policy"]["backend"] == "vllm"
+    ds = prefdata.load(out)
+    assert len(ds) == stats["output"]["rows"]
+    assert all(r["chosen"] != r["rejected"] for r in ds)
