@@ -211,7 +211,11 @@ def _is_hh(text: str) -> bool:
 def _chat(value: Any, field_name: str, *, as_role: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         if as_role == Role.USER.value and _is_hh(value):
-            return parse_hh_transcript(value, field_name)
+            messages = parse_hh_transcript(value, field_name)
+            # HH-style prompts end with an empty "Assistant:" cue for the model; it is not a turn.
+            if len(messages) > 1 and messages[-1]["role"] == Role.ASSISTANT.value and not messages[-1]["content"].strip():
+                messages = messages[:-1]
+            return messages
         text = _text(value, field_name)
         return user_chat(text) if as_role == Role.USER.value else assistant_turn(text)
     return validate_messages(value, field_name)
@@ -267,6 +271,8 @@ def _split_conversation(chosen: list[dict], rejected: list[dict], field_name: st
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
     if n == 0:
+        if chosen[0]["role"] == Role.USER.value and rejected[0]["role"] == Role.USER.value:
+            raise RowError(RejectReason.TRANSCRIPTS_DIVERGE_EARLY, field_name, "chosen and rejected differ in their first user turn")
         raise RowError(RejectReason.MISSING_FIELD, "prompt", "no prompt column and no shared conversation prefix")
     # The shared prefix may run into the final assistant turn's opening; back up to a user turn.
     while n > 0 and chosen[n - 1]["role"] != Role.USER.value:
@@ -303,6 +309,8 @@ def pair_record(record: Mapping[str, Any], columns: ColumnMap, kind: SourceKind,
             prompt, chosen, rejected = _split_conversation(chosen_full, rejected_full, columns.chosen)
         else:
             prompt = _chat(prompt_value, columns.prompt, as_role=Role.USER.value)
+            if prompt[-1]["role"] != Role.USER.value:
+                raise RowError(RejectReason.BAD_ROLE, columns.prompt, "a prompt must end with a user turn")
             chosen = _chat(_get(record, columns.chosen), columns.chosen, as_role=Role.ASSISTANT.value)
             rejected = _chat(_get(record, columns.rejected), columns.rejected, as_role=Role.ASSISTANT.value)
         for messages, name in ((chosen, columns.chosen), (rejected, columns.rejected)):
@@ -327,7 +335,16 @@ def pair_record(record: Mapping[str, Any], columns: ColumnMap, kind: SourceKind,
     }
 
 
-def _read(path: str | Path, fmt: SourceFormat, limit: int | None, stage: str, make, schema: pa.Schema) -> ReadResult:
+def _row_id(raw: Any, columns: ColumnMap) -> str | None:
+    """The source id of a raw row, when it has a usable one (for rejects)."""
+    if columns.id is None or not isinstance(raw, Mapping):
+        return None
+    value = _get(raw, columns.id)
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+def _read(path: str | Path, fmt: SourceFormat, limit: int | None, stage: str, make, schema: pa.Schema,
+          columns: ColumnMap) -> ReadResult:
     path, fmt = Path(path), SourceFormat(fmt)
     file, stem = str(path), path.stem
     records, rejects, seen = [], [], set()
@@ -342,12 +359,12 @@ def _read(path: str | Path, fmt: SourceFormat, limit: int | None, stage: str, ma
             record = make(item, file, stem, index)
             key = record.get("prompt_id", record["id"])
             if key in seen:
-                raise RowError(RejectReason.DUPLICATE_ID, "id", f"id {key!r} already used by an earlier row")
+                raise RowError(RejectReason.DUPLICATE_ID, columns.id or "id", f"id {key!r} already used by an earlier row")
             seen.add(key)
             records.append(record)
         except RowError as err:
             rejects.append(Reject(stage=stage, reason=err.reason, detail=err.detail, file=file, row=index,
-                                  field=err.field, payload=raw))
+                                  row_id=_row_id(raw, columns), field=err.field, payload=raw))
     if not records and rejects:
         missing = {r.field for r in rejects if r.reason == RejectReason.MISSING_FIELD}
         if len(missing) == 1 and all(r.reason == RejectReason.MISSING_FIELD for r in rejects):
@@ -362,7 +379,7 @@ def read_prompts(path: str | Path, columns: ColumnMap | None = None, fmt: Source
     """Read a prompt file into a PROMPT_SCHEMA table (rows without an id get '<file stem>-<row>')."""
     columns = columns or ColumnMap()
     return _read(path, fmt, limit, "read", lambda rec, file, stem, i: prompt_record(rec, columns, stem, i),
-                 PROMPT_SCHEMA)
+                 PROMPT_SCHEMA, columns)
 
 
 def read_pairs(path: str | Path, columns: ColumnMap | None = None, fmt: SourceFormat = SourceFormat.AUTO,
@@ -371,4 +388,4 @@ def read_pairs(path: str | Path, columns: ColumnMap | None = None, fmt: SourceFo
     columns, kind = columns or ColumnMap(), SourceKind(kind)
     return _read(path, fmt, limit, "read",
                  lambda rec, file, stem, i: pair_record(rec, columns, kind, file, stem, i),
-                 pair_schema(INPUT_METADATA_TYPE))
+                 pair_schema(INPUT_METADATA_TYPE), columns)

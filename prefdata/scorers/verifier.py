@@ -3,7 +3,8 @@
 Final answers are read, in this order, from: GSM8K's "#### N", the last "\\boxed{N}", "The
 (final) answer is N", and an "A: N" line (the form of GSM8K's released model solutions).
 Numbers are compared exactly as decimals after removing thousands separators, currency signs,
-units after the number and trailing zeros ("1,000.00" == "1000"; "3/4" == "0.75").
+units after the number and trailing zeros ("1,000.00" == "1000"; "3/4" == "0.75";
+"\\frac{3}{4}" == "3/4").
 
 A response with no recognisable final answer gets null (`no_answer`), not 0: "did not answer in
 a checkable form" is a different fact from "answered wrong", and the builder reports it. Set
@@ -23,6 +24,7 @@ from prefdata.scorers.base import ScoreBatch, Scorer, ScoreResult
 from prefdata.types import ScoreError
 
 _NUMBER = r"-?\$?\s*-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\$?\s*-?\.\d+"
+_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?\d[\d,]*(?:\.\d+)?)\s*\}\{\s*(\d[\d,]*(?:\.\d+)?)\s*\}")
 _PATTERNS = (
     re.compile(r"####\s*(" + _NUMBER + ")"),
     re.compile(r"\\boxed\{\s*(?:\\text\{[^}]*\}\s*)?(" + _NUMBER + r")[^}]*\}"),
@@ -45,6 +47,7 @@ def parse_number(text: str) -> Fraction | None:
 
 def extract_answer(text: str, last_number_fallback: bool = False) -> Fraction | None:
     """The final numeric answer of a solution, or None if it states none in a known form."""
+    text = _FRAC.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text)  # LaTeX \frac{a}{b} -> a/b
     for pattern in _PATTERNS:
         matches = pattern.findall(text)
         if matches:
