@@ -101,6 +101,26 @@ def push(
     _report_push(pushed)
 
 
+@app.command()
+def inspect(
+    directory: Path = typer.Argument(..., help="A build folder (data/, stats.json, rejects.parquet)"),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write a static HTML report with plots"),  # noqa: UP007
+    top: int = typer.Option(5, "--top", min=0, help="Pairs to show side by side, highest CHES first"),
+) -> None:
+    """Summarise a built dataset: counts, score/margin distributions, sources, buckets, top CHES pairs."""
+    from rich.console import Console as StdoutConsole
+
+    from prefdata.report import print_summary, summarize, write_html
+
+    try:
+        summary = summarize(directory, top=top)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    print_summary(summary, StdoutConsole())
+    if html is not None:
+        console.print(f"[green]wrote[/] {write_html(summary, html)}", highlight=False)
+
+
 @models_app.command("provision")
 def models_provision() -> None:
     """Convert the embedded generator model once (GGUF -> safetensors in the prefdata cache)."""
