@@ -161,8 +161,8 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
     """Run one stage on an in-memory `datasets.Dataset` (or `pa.Table`) with engines already loaded.
 
     `stage` is a `Stage`, its typed config, a dict with `type` (as in a recipe's `[[stages]]`) or
-    a type name. `engines` maps the names the stage uses (e.g. "policy") to loaded `Engine`s or
-    to `EngineConfig`s (loaded here and closed after); engines passed in are not closed.
+    a type name. `engines` maps the engine names the stage uses (e.g. "policy") to loaded
+    `Engine`s (the job's own; they are not closed here).
     Shards of `shard_size` rows go through the same Stage contract as `prefdata build`
     (`check_chain`, `setup`, `run` per shard); per-row seeds derive from `seed` and row ids, so
     the result equals a build's for the same rows and seed.
@@ -175,7 +175,6 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
     import datasets
 
     from prefdata.engines.base import Engine
-    from prefdata.engines.config import EngineConfig
     from prefdata.pipeline.context import BuildContext, EnginePool
     from prefdata.pipeline.stage import StageStats, check_chain
     from prefdata.schemas.errors import rejects_table
@@ -192,12 +191,12 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
         table, rejects = _as_prompt_table(table)
     check_chain([stage], table.column_names)
 
-    configs = {n: (e if isinstance(e, EngineConfig) else EngineConfig.model_validate(e))
-               for n, e in (engines or {}).items() if not isinstance(e, Engine)}
-    pool = EnginePool(configs)
+    pool = EnginePool({})
     for name, engine in (engines or {}).items():
-        if isinstance(engine, Engine):
-            pool.put(name, engine)
+        if not isinstance(engine, Engine):
+            raise TypeError(f"engines[{name!r}] must be a loaded prefdata Engine, got {type(engine).__name__} "
+                            "(load one with prefdata.engines.load_engine)")
+        pool.put(name, engine)
     ctx = BuildContext(engines=pool, seed=seed)
     outputs, stats = [], StageStats(stage.name)
     try:
