@@ -332,3 +332,25 @@ def test_not_a_build_folder_names_the_file(tmp_path):
     pq.write_table(pa.table({"id": ["a"], "prompt_id": ["p"]}), tmp_path / "data" / "train-00000.parquet")
     with pytest.raises(HubError, match=r"recipe.json: missing"):
         push_to_hub(tmp_path, "tester/x", token="t")
+
+
+def test_cli_build_with_push_table_and_no_push(tmp_path, monkeypatch):
+    """A [push] table pushes after the build; --no-push skips it; a failed push keeps the local build."""
+    from typer.testing import CliRunner
+
+    from prefdata.cli import app
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'name = "r"\n[source]\npath = "{FIXTURES / "pairs_small.jsonl"}"\nkind = "pairs"\n'
+                      f'[output]\ndir = "{tmp_path / "out"}"\n[push]\nrepo_id = "tester/r"\n')
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    result = CliRunner().invoke(app, ["build", str(recipe), "-q", "--no-push"])
+    assert result.exit_code == 0, result.output
+    assert "pushed" not in result.output and (tmp_path / "out" / "stats.json").is_file()
+    result = CliRunner().invoke(app, ["build", str(recipe), "-q"])
+    assert result.exit_code == 2 and "cannot reach the Hugging Face Hub" in result.output
+    assert len(prefdata.load(tmp_path / "out")) == 11  # the build itself completed before the push
+    recipe.write_text(recipe.read_text().replace('repo_id = "tester/r"', 'repo_id = "not a repo"'))
+    result = CliRunner().invoke(app, ["build", str(recipe), "-q"])
+    assert result.exit_code == 2 and "push.repo_id: String should match pattern" in result.output
