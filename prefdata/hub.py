@@ -12,7 +12,8 @@ config name, as `datasets.Dataset.push_to_hub` lays it out):
     prefdata/<config>/stats.json       the build's stats
 
 Files of the same config left over from an earlier push (e.g. more shards then) are deleted in
-the same commit; other configs' files and card sections stay.
+the same commit; other configs' files, metadata and card sections stay. The rest of the card body
+is regenerated on every push (hand edits outside the config sections are not kept).
 
 The token comes from huggingface_hub's usual places (`HF_TOKEN`, the token file written by
 `hf auth login`) unless passed. It is never printed, logged, or written: error messages are
