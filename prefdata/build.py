@@ -33,6 +33,7 @@ STATS_FILE, RECIPE_FILE, REJECTS_FILE = "stats.json", "recipe.json", "rejects.pa
 class BuildResult:
     out_dir: Path
     stats: dict[str, Any]
+    pushed: Any = None  # a prefdata.hub.PushResult when the recipe has a [push] table
 
     @property
     def dataset(self):
@@ -104,7 +105,12 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     stats = _stats(recipe, source, result, engine_ids, setup_seconds, time.perf_counter() - started)
     write_bytes_atomic(json.dumps(recipe.resolved(), indent=2).encode(), out_dir / RECIPE_FILE)
     write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
-    return BuildResult(out_dir=out_dir, stats=stats)
+    built = BuildResult(out_dir=out_dir, stats=stats)
+    if recipe.push is not None:  # [push]: publish only after a complete build (prefdata/hub.py)
+        from prefdata.hub import push_recipe_output
+
+        built.pushed = push_recipe_output(out_dir, recipe.push)
+    return built
 
 
 def build(recipe: Recipe | str | Path | dict, **kwargs: Any):

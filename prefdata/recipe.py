@@ -88,6 +88,24 @@ class OutputConfig(BaseModel):
         return expand_vars(value) if isinstance(value, str) else value
 
 
+class PushConfig(BaseModel):
+    """`[push]`: publish the dataset to the Hugging Face Hub after a successful build."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repo_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$",
+                         description="Dataset repository, 'user/name' (a bare name goes under the token's user)")
+    private: bool = Field(False, description="Create the repository as private (an existing one keeps its visibility)")
+    config_name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="Config (subset) name on the Hub; other configs in the repository are kept")
+    test_size: float = Field(0.0, ge=0, lt=1, description="Share of prompts whose pairs go to a `test` split (0 = train only)")
+    license: str = Field("unknown", description="License id for the card metadata (e.g. apache-2.0, cc-by-nc-4.0)")
+    tags: list[str] = Field(default_factory=list, description="Extra card tags (prefdata, dpo, preference are always set)")
+    task_categories: list[str] = Field(default_factory=lambda: ["text-generation"], description="Card task categories")
+    pretty_name: str | None = Field(None, description="Card title (default: the recipe name)")
+    commit_message: str | None = Field(None, description="Commit message (default: 'prefdata: push <recipe> (<config>)')")
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -99,6 +117,7 @@ class Recipe(BaseModel):
                                              description="Named engines the stages use")
     stages: list[StageConfig] = Field(default_factory=list, description="Stages, run in order on each shard")  # type: ignore[valid-type]
     output: OutputConfig = Field(default_factory=OutputConfig)
+    push: PushConfig | None = Field(None, description="Push the output to the Hugging Face Hub after the build")
 
     def output_dir(self) -> Path:
         return self.output.dir or Path("out") / self.name

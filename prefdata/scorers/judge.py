@@ -46,6 +46,13 @@ POINTWISE_TEMPLATE = (
     "Answer with a single number from 1 to 10."
 )
 RATING_PREFIX = "Rating:"
+CITATION = """@inproceedings{zheng2023judging,
+  title={Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena},
+  author={Zheng, Lianmin and Chiang, Wei-Lin and Sheng, Ying and Zhuang, Siyuan and Wu, Zhanghao and Zhuang, Yonghao and Lin, Zi and Li, Zhuohan and Li, Dacheng and Xing, Eric P. and Zhang, Hao and Gonzalez, Joseph E. and Stoica, Ion},
+  booktitle={Advances in Neural Information Processing Systems},
+  year={2023},
+  note={arXiv:2306.05685}
+}"""
 TOP_LOGPROBS = 20
 
 
@@ -127,6 +134,7 @@ class JudgeConfig(BaseModel):
 
 class PointwiseJudge(Scorer):
     name: ClassVar[str] = "judge"
+    citation: ClassVar[str | None] = CITATION
 
     def __init__(self, config: JudgeConfig | None = None, engine: Engine | None = None):
         self.config = config or JudgeConfig()

@@ -32,6 +32,12 @@ _PATTERNS = (
     re.compile(r"(?m)^A:\s*(" + _NUMBER + ")"),
 )
 _ANY_NUMBER = re.compile(_NUMBER)
+CITATION = """@article{cobbe2021training,
+  title={Training Verifiers to Solve Math Word Problems},
+  author={Cobbe, Karl and Kosaraju, Vineet and Bavarian, Mohammad and Chen, Mark and Jun, Heewoo and Kaiser, Lukasz and Plappert, Matthias and Tworek, Jerry and Hilton, Jacob and Nakano, Reiichiro and Hesse, Christopher and Schulman, John},
+  journal={arXiv preprint arXiv:2110.14168},
+  year={2021}
+}"""
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -68,6 +74,7 @@ class VerifierConfig(BaseModel):
 
 class MathVerifier(Scorer):
     name: ClassVar[str] = "verifier"
+    citation: ClassVar[str | None] = CITATION
 
     def __init__(self, config: VerifierConfig | None = None):
         self.config = config or VerifierConfig()
