@@ -232,10 +232,12 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
     if config.loss == LossType.MARGIN and config.margin_column not in ds.column_names:
         raise TrainError(f"{config.dataset}: loss 'margin' needs the column '{config.margin_column}' (set --margin-column)")
     if model is None:
-        model, tokenizer, model_path = load_causal_lm(config.model, device)
         if reference_source == ReferenceSource.COLUMNS:
             check_reference_model(ds, config)
+        model, tokenizer, model_path = load_causal_lm(config.model, device)
     else:  # an in-memory model: the caller vouches for any precomputed reference columns
+        if tokenizer is None:
+            raise TrainError("train(model=...) needs the model's tokenizer too")
         model, model_path = model.to(device), getattr(model, "name_or_path", "in-memory")
     spec = EncodeSpec(max_length=config.max_length, ref_columns=reference_source == ReferenceSource.COLUMNS,
                       margin_column=config.margin_column if config.loss == LossType.MARGIN else None,
