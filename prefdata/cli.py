@@ -121,6 +121,101 @@ def inspect(
         console.print(f"[green]wrote[/] {write_html(summary, html)}", highlight=False)
 
 
+def _config(cls, values: dict):
+    """Typed config from CLI values (options left unset keep the config's defaults)."""
+    from pydantic import ValidationError
+
+    try:
+        return cls.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        _fail(f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}")
+
+
+@app.command()
+def train(
+    dataset: Path = typer.Argument(..., help="Dataset folder from `prefdata build` (or a Parquet file / datasets folder)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Policy: hub id or folder (default: embedded SmolLM2-135M-Instruct)"),  # noqa: UP007
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default out/train)"),  # noqa: UP007
+    loss: Optional[str] = typer.Option(None, "--loss", help="sigmoid | cdpo | robust | ipo | hinge | margin"),  # noqa: UP007
+    beta: Optional[float] = typer.Option(None, "--beta", help="DPO temperature (default 0.1)"),  # noqa: UP007
+    epsilon: Optional[str] = typer.Option(None, "--epsilon", help="Flip rate for cdpo/robust: a number, or 'auto' (the dataset's stats.json estimate)"),  # noqa: UP007
+    reference: Optional[str] = typer.Option(None, "--reference", help="auto | columns | model"),  # noqa: UP007
+    reference_model: Optional[str] = typer.Option(None, "--reference-model", help="Reference model (default: the policy's start)"),  # noqa: UP007
+    margin_column: Optional[str] = typer.Option(None, "--margin-column", help="Column of the per-pair margin (loss margin)"),  # noqa: UP007
+    margin_scale: Optional[float] = typer.Option(None, "--margin-scale", help="Multiply the margin column by this"),  # noqa: UP007
+    rationale_weight: Optional[float] = typer.Option(None, "--rationale-weight", help="RDPO gamma (default 0.1 with a rationale column)"),  # noqa: UP007
+    nll_weight: Optional[float] = typer.Option(None, "--nll-weight", help="Weight of the NLL on chosen (RISE)"),  # noqa: UP007
+    edit_span_weight: Optional[float] = typer.Option(None, "--edit-span-weight", help="Weight of tokens in metadata.edit_spans (RISE)"),  # noqa: UP007
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-6)"),  # noqa: UP007
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Pairs per micro-batch"),  # noqa: UP007
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-batches per optimizer step"),  # noqa: UP007
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the data"),  # noqa: UP007
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (overrides --epochs)"),  # noqa: UP007
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest prompt+response in tokens (longer pairs are skipped)"),  # noqa: UP007
+    warmup_ratio: Optional[float] = typer.Option(None, "--warmup-ratio", help="Share of steps warming up"),  # noqa: UP007
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="Train LoRA adapters of this rank (peft)"),  # noqa: UP007
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="Share of pairs held out and evaluated before and after"),  # noqa: UP007
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use only the first N pairs"),  # noqa: UP007
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto | fp32 | bf16"),  # noqa: UP007
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),  # noqa: UP007
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data order"),  # noqa: UP007
+    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps"),  # noqa: UP007
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar"),
+) -> None:
+    """Train a model with DPO (or a variant) on a prefdata dataset."""
+    values = {k: v for k, v in locals().items() if k not in ("quiet", "lora_r", "output")}
+    from prefdata.schemas.errors import PrefdataError
+    from prefdata.train import TrainConfig
+    from prefdata.train import train as run_train
+
+    values["output_dir"] = output
+    values["lora"] = {"r": lora_r} if lora_r is not None else None
+    config = _config(TrainConfig, values)
+    try:
+        result = run_train(config, progress=not quiet)
+    except PrefdataError as exc:
+        _fail(str(exc))
+    last = result.metrics[-1] if result.metrics else {}
+    console.print(f"[green]trained[/] {result.steps} steps -> {result.run_dir} "
+                  f"(loss {last.get('loss', float('nan')):.4f}, reward margin {last.get('rewards/margin', float('nan')):+.4f})")
+    if result.eval_after is not None:
+        for name, metrics in (("before", result.eval_before), ("after", result.eval_after)):
+            console.print(f"  holdout {name}: ranking accuracy {metrics['ranking_accuracy']:.3f}, "
+                          f"reward accuracy {metrics['reward_accuracy']:.3f}, reward margin {metrics['reward_margin']:+.4f}")
+
+
+@app.command("eval")
+def eval_command(
+    dataset: Path = typer.Argument(..., help="Dataset folder (or a Parquet file / datasets folder)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or run checkpoint (default: embedded SmolLM2)"),  # noqa: UP007
+    reference_model: Optional[str] = typer.Option(None, "--reference-model", help="Reference for implicit rewards"),  # noqa: UP007
+    reference: Optional[str] = typer.Option(None, "--reference", help="auto | columns | model"),  # noqa: UP007
+    beta: Optional[float] = typer.Option(None, "--beta", help="beta of implicit rewards and the idealised RA"),  # noqa: UP007
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Share of raters preferring chosen (idealised RA)"),  # noqa: UP007
+    alpha_column: Optional[str] = typer.Option(None, "--alpha-column", help="Column with that share per pair"),  # noqa: UP007
+    split: Optional[str] = typer.Option(None, "--split", help="all | holdout | train"),  # noqa: UP007
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="The holdout share used at training"),  # noqa: UP007
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use only the first N pairs"),  # noqa: UP007
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Pairs per forward"),  # noqa: UP007
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Longest prompt+response in tokens"),  # noqa: UP007
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),  # noqa: UP007
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the metrics to this JSON file"),  # noqa: UP007
+) -> None:
+    """Ranking accuracy (summed, length-normalised), reward accuracy and idealised RA of a model."""
+    values = {k: v for k, v in locals().items() if k != "output"}
+    from prefdata.schemas.errors import PrefdataError
+    from prefdata.train import EvalConfig, evaluate
+
+    config = _config(EvalConfig, values)
+    try:
+        metrics = evaluate(config, output=output)
+    except PrefdataError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(metrics, indent=2))
+
+
 @models_app.command("provision")
 def models_provision() -> None:
     """Convert the embedded generator model once (GGUF -> safetensors in the prefdata cache)."""

@@ -12,9 +12,11 @@ from pydantic import BaseModel, Field
 
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
 from prefdata.pipeline.stage import Stage
+from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),
+    "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
 }
 
 

@@ -72,6 +72,8 @@ class RejectReason(str, Enum):
     PROMPT_TOO_LONG = "prompt_too_long"
     NAN_SCORE = "nan_score"
     NO_PAIR = "no_pair"
+    SEQUENCE_TOO_LONG = "sequence_too_long"  # trainer: prompt + response longer than max_length (never truncated)
+    BAD_EDIT_SPANS = "bad_edit_spans"  # trainer: metadata.edit_spans that do not fit the response text
 
 
 class ScoreError(str, Enum):
@@ -84,3 +86,28 @@ class ScoreError(str, Enum):
     UNPARSEABLE_VERDICT = "unparseable_verdict"  # judge (text mode): no rating in the generated text
     EMPTY_RESPONSE = "empty_response"
     TRUNCATED = "truncated"  # input longer than the scorer's context
+
+
+class LossType(str, Enum):
+    """Preference losses of the trainer (`prefdata.train.losses.LOSSES`)."""
+
+    SIGMOID = "sigmoid"  # DPO (Rafailov et al. 2023)
+    CDPO = "cdpo"  # conservative DPO: label smoothing eps
+    ROBUST = "robust"  # rDPO (Chowdhury et al. 2024): unbiased under flip rate eps
+    IPO = "ipo"  # IPO (Azar et al. 2023), length-averaged as in TRL
+    HINGE = "hinge"  # SLiC-style hinge (Zhao et al. 2023)
+    MARGIN = "margin"  # DPO with a per-pair margin (adaptive margin, Secrets of RLHF II)
+
+
+class ReferenceSource(str, Enum):
+    """Where the trainer's reference log-probabilities come from."""
+
+    AUTO = "auto"  # the dataset's ref_chosen_logps/ref_rejected_logps when present, else a reference model
+    COLUMNS = "columns"  # the dataset's columns (no reference model in memory)
+    MODEL = "model"  # a frozen reference model, on the fly
+
+
+class Precision(str, Enum):
+    AUTO = "auto"  # bf16 autocast on a GPU that supports it, else fp32
+    FP32 = "fp32"
+    BF16 = "bf16"  # fp32 weights, bf16 autocast
