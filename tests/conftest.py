@@ -55,3 +55,12 @@ def chat_formatter(hf_engine):
     from prefdata.engines import ChatFormatter
 
     return ChatFormatter(hf_engine.tokenizer)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the vLLM engine carries the `vllm` marker (so `-m "not vllm"` skips them)."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "vllm_engine" in getattr(item, "fixturenames", ()) or any(
+                isinstance(v, str) and "vllm" in v for v in params.values()):
+            item.add_marker(pytest.mark.vllm)
