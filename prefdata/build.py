@@ -3,6 +3,8 @@
 The output folder holds `data/train-*.parquet` (the pairs), `rejects.parquet` (every row set
 aside, with stage, file, row, field and reason), `recipe.json` (the resolved recipe) and
 `stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used).
+Build state lives in `.prefdata/` (stage checkpoints per shard, the request cache): run the same
+command again after a crash and it resumes (`prefdata.pipeline.checkpoint`, `prefdata.engines.cache`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Any
 
 from prefdata import __version__
 from prefdata.engines.base import Engine
+from prefdata.engines.cache import CachedEngine, RequestStore
+from prefdata.engines.config import EngineConfig
+from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE, Checkpoints, remove_temp_files
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.pipeline.local import ExecutionResult, run_local
 from prefdata.pipeline.stage import ChainError, check_chain
@@ -73,36 +78,52 @@ def prepare_output_dir(out_dir: Path) -> None:
 
 def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None, output: str | Path | None = None,
               limit: int | None = None, engines: dict[str, Engine] | None = None,
-              on_shard=None) -> BuildResult:
+              on_shard=None, cache: bool | None = None) -> BuildResult:
     """Run a recipe; returns the output folder and its stats. `engines` supplies already-loaded
-    engines by name (they are used instead of loading the recipe's, and not closed here)."""
+    engines by name (they are used instead of loading the recipe's, and not closed here).
+    `cache` overrides the recipe's `output.cache` (the request cache)."""
     started = time.perf_counter()
     recipe = resolve_recipe(recipe, input=input, output=output, limit=limit)
     out_dir = recipe.output_dir()
     prepare_output_dir(out_dir)
+    remove_temp_files(out_dir)  # half-written files of a killed build; their targets are intact
     source = read_source(recipe)
     stages = [make_stage(config) for config in recipe.stages]
     try:
         check_chain(stages, source.table.column_names)
     except ChainError as exc:
         raise RecipeError(f"recipe {recipe.name}: {exc}") from None
-    pool = EnginePool(recipe.engines)
+    use_cache = recipe.output.cache if cache is None else cache
+    store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(recipe.output.cache_max_gib * 1024**3)) if use_cache else None
+
+    def wrap(engine: Engine, config: EngineConfig) -> Engine:
+        return CachedEngine(engine, store, identity={"config": config.model_dump(mode="json")})
+
+    pool = EnginePool(recipe.engines, wrap=wrap)
     for name, engine in (engines or {}).items():
         pool.put(name, engine)
+    checkpoints = Checkpoints.for_stages(out_dir, stages, pool.configs) if recipe.output.checkpoints else None
     ctx = BuildContext(engines=pool, seed=recipe.seed)
     try:
         setup_started = time.perf_counter()
         for stage in stages:
             stage.setup(ctx)
         setup_seconds = time.perf_counter() - setup_started
-        result = run_local(source.table, stages, ctx, out_dir, recipe.output.shard_size, on_shard=on_shard)
+        result = run_local(source.table, stages, ctx, out_dir, recipe.output.shard_size, on_shard=on_shard,
+                           checkpoints=checkpoints)
         engine_ids = pool.loaded()
     finally:
         pool.close()
+        if store is not None:
+            store.close()
     _remove_stale_shards(out_dir, result)
+    if checkpoints is not None:
+        checkpoints.prune()
     rejects = source.rejects + result.rejects
     write_parquet_atomic(rejects_table(rejects), out_dir / REJECTS_FILE)
     stats = _stats(recipe, source, result, engine_ids, setup_seconds, time.perf_counter() - started)
+    stats["resumed"] = result.resumed
+    stats["request_cache"] = dict(sorted(store.counts.items())) if store is not None else None
     write_bytes_atomic(json.dumps(recipe.resolved(), indent=2).encode(), out_dir / RECIPE_FILE)
     write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
     built = BuildResult(out_dir=out_dir, stats=stats)

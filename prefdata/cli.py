@@ -34,6 +34,7 @@ def build(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N usable input rows"),  # noqa: UP007
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar"),
     no_push: bool = typer.Option(False, "--no-push", help="Skip the recipe's [push] table (build locally only)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the request cache (OUT/.prefdata/requests.sqlite)"),
 ) -> None:
     """Build a preference dataset from RECIPE (and push it if the recipe has a [push] table)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -55,7 +56,8 @@ def build(
 
             source = load_recipe(recipe).model_copy(update={"push": None})
         with progress:
-            result = run_build(source, input=input, output=output, limit=limit, on_shard=on_shard)
+            result = run_build(source, input=input, output=output, limit=limit, on_shard=on_shard,
+                               cache=False if no_cache else None)
     except PrefdataError as exc:
         _fail(str(exc))
     stats = result.stats

@@ -81,6 +81,9 @@ class OutputConfig(BaseModel):
 
     dir: Path | None = Field(None, description="Output folder (default out/<recipe name>)")
     shard_size: int = Field(256, ge=1, description="Input rows per shard (the unit of work and of output files)")
+    checkpoints: bool = Field(True, description="Keep each stage's output per shard, so a rerun resumes where a build stopped")
+    cache: bool = Field(True, description="Cache engine requests in OUT/.prefdata/requests.sqlite (the CLI's --no-cache turns it off)")
+    cache_max_gib: float = Field(2.0, gt=0, description="Size cap of the request cache; the oldest entries go first")
 
     @field_validator("dir", mode="before")
     @classmethod

@@ -14,13 +14,17 @@ class EnginePool:
     """Loads the recipe's engines lazily by name and keeps one instance of each.
 
     Two names with an identical config share one loaded engine (a policy that also judges does
-    not load twice).
+    not load twice). `wrap(engine, config)`, when given, is put in front of every engine handed
+    out (the builder's request cache, `prefdata.engines.cache.CachedEngine`).
     """
 
-    def __init__(self, configs: Mapping[str, EngineConfig], loader: Callable[[EngineConfig], Engine] | None = None):
+    def __init__(self, configs: Mapping[str, EngineConfig], loader: Callable[[EngineConfig], Engine] | None = None,
+                 wrap: Callable[[Engine, EngineConfig], Engine] | None = None):
         self.configs = dict(configs)
         self._loader = loader
+        self._wrap = wrap
         self._by_config: dict[EngineConfig, Engine] = {}
+        self._wrapped: dict[EngineConfig, Engine] = {}
         self._borrowed: set[int] = set()  # engines handed in by the caller: the caller closes them
 
     def get(self, name: str) -> Engine:
@@ -33,12 +37,17 @@ class EnginePool:
 
                 self._loader = load_engine
             self._by_config[config] = self._loader(config)
-        return self._by_config[config]
+        if self._wrap is None:
+            return self._by_config[config]
+        if config not in self._wrapped:
+            self._wrapped[config] = self._wrap(self._by_config[config], config)
+        return self._wrapped[config]
 
     def put(self, name: str, engine: Engine) -> None:
         """Use an already-loaded engine under `name` (Python API inside training jobs, tests)."""
         config = self.configs.setdefault(name, EngineConfig(model=f"in-memory:{name}"))
         self._by_config[config] = engine
+        self._wrapped.pop(config, None)
         self._borrowed.add(id(engine))
 
     def loaded(self) -> dict[str, dict[str, Any]]:
@@ -50,6 +59,7 @@ class EnginePool:
             if id(engine) not in self._borrowed:
                 engine.close()
         self._by_config.clear()
+        self._wrapped.clear()
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The local executor: shards in order, every stage on each shard, one process.
 
 Each shard's final table is written as soon as it is done (atomically, rows sorted by id), so
-a long build keeps its finished shards even if a later shard fails.
+a long build keeps its finished shards even if a later shard fails. With `checkpoints`, each
+stage's output per shard is kept too and a rerun resumes after the last finished stage
+(`prefdata.pipeline.checkpoint.run_shard`, shared with other executors).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from prefdata.pipeline.checkpoint import Checkpoints, run_shard
 from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.faults import fault_point
 from prefdata.pipeline.stage import Stage, StageStats
 from prefdata.schemas.errors import Reject
 from prefdata.schemas.writers import shard_path, sort_by_id, write_parquet_atomic
@@ -32,22 +36,26 @@ class ExecutionResult:
     rejects: list[Reject] = field(default_factory=list)
     shards: list[Path] = field(default_factory=list)
     rows: int = 0
+    resumed: dict[str, int] = field(default_factory=lambda: {"shards": 0, "stages": 0})
 
 
 def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_dir: Path, shard_size: int,
-              on_shard: Callable[[int, int], None] | None = None) -> ExecutionResult:
+              on_shard: Callable[[int, int], None] | None = None,
+              checkpoints: Checkpoints | None = None) -> ExecutionResult:
     result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
     shards = list(iter_shards(table, shard_size))
     for index, shard in enumerate(shards):
-        for position, stage in enumerate(stages):
-            out, stats = stage.run(shard, ctx)
+        done = run_shard(index, shard, stages, ctx, checkpoints)
+        for position, stats in enumerate(done.stats):
             result.stats[position].merge(stats)
-            result.rejects.extend(out.rejects)
-            shard = out.table
+        result.rejects.extend(done.rejects)
+        result.resumed["stages"] += done.resumed_stages
+        result.resumed["shards"] += bool(stages) and done.resumed_stages == len(stages)
         path = shard_path(out_dir, index)
-        write_parquet_atomic(sort_by_id(shard), path)
+        write_parquet_atomic(sort_by_id(done.table), path)
+        fault_point("shard_done")
         result.shards.append(path)
-        result.rows += shard.num_rows
+        result.rows += done.table.num_rows
         if on_shard is not None:
             on_shard(index + 1, len(shards))
     return result

@@ -13,11 +13,17 @@ Writes go to a temporary name in the same folder, are fsynced and then renamed, 
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from prefdata.pipeline.faults import fault_point
+from prefdata.schemas.errors import PrefdataError
 
 # Fixed writer settings: the same table always gives the same bytes (with the same pyarrow).
 PARQUET_SETTINGS = {
@@ -40,35 +46,48 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+TEMP_MARKER = ".tmp-"  # temporary names: .<name>.tmp-<pid>; a resumed build deletes leftovers
+
+
+class OutputError(PrefdataError):
+    """The output cannot be written (disk full, file size limit): names the file, keeps earlier output."""
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TEMP_MARKER}{os.getpid()}")
+
+
+def _write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         with tmp.open("wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
+            fault_point("parquet_write" if path.suffix == ".parquet" else "file_write")
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE or "No space left" in str(exc) or "File too large" in str(exc):
+            raise OutputError(f"{path}: cannot write, no space left on the device or file size limit "
+                              f"({exc.strerror or exc}); earlier output is kept") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write `data` to `path` via temp file + fsync + rename."""
+    _write_atomic(path, lambda handle: handle.write(data))
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write `table` to `path` via temp file + fsync + rename; the old file (if any) stays until the rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            pq.write_table(table, handle, **PARQUET_SETTINGS)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    table = table.combine_chunks()  # the same rows give the same bytes however they were chunked
+    _write_atomic(path, lambda handle: pq.write_table(table, handle, **PARQUET_SETTINGS))
 
 
 def sort_by_id(table: pa.Table) -> pa.Table:

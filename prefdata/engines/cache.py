@@ -1,0 +1,193 @@
+"""A request cache in front of any engine: a resumed build re-uses the generations it already paid for.
+
+`CachedEngine` wraps an `Engine` and answers `generate` and `score` requests from a
+`RequestStore` (one embedded SQLite file) when it has them. A request's key is the SHA-256 of
+(the engine's identity and config: backend, model, revision, dtype...; the operation; the
+sampling parameters including the request's seed; the prompt token ids, and for `score` the
+target ids). Values are stored as JSON (completions) or raw float64 bytes (scores), never pickled.
+
+Decisions:
+* Only reproducible requests are cached: `score` always; `generate` when the request has a seed
+  or is greedy (temperature 0). An unseeded sample is a fresh draw each time, so caching it
+  would change what the recipe means.
+* Requests go to the engine in fixed chunks of `CHUNK_REQUESTS` in input order, cached or not,
+  and each chunk is committed as soon as it returns, so a kill mid-shard loses at most one
+  chunk. A resumed call sends the same chunks (finished chunks are whole cache hits), so the
+  batches an engine sees, and with them its numerics, are the same as in an uninterrupted run.
+  The chunking is also applied with the cache off, so `--no-cache` gives the same output.
+* `hidden_states` is passed through: large arrays, cheap to recompute, used by filters only.
+* The store has a size cap; past it the least recently written entries are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefdata.engines.base import Completion, Engine, SamplingParams, normalise_params
+from prefdata.pipeline.faults import fault_point
+from prefdata.schemas.pair import fingerprint
+
+CHUNK_REQUESTS = 64
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+class RequestStore:
+    """Key -> bytes in one SQLite file, with a size cap (oldest entries go first)."""
+
+    def __init__(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES):
+        self.path, self.max_bytes = Path(path), max_bytes
+        self._db: sqlite3.Connection | None = None  # opened on first use: a build without engines writes nothing
+        self.counts: Counter = Counter()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path)
+            # The default rollback journal survives kill -9 (the next open rolls back a half-written
+            # transaction) and leaves no extra file behind once closed.
+            self._db.execute("CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, value BLOB NOT NULL, "
+                             "size INTEGER NOT NULL, written REAL NOT NULL)")
+            self._db.commit()
+        return self._db
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            part = list(keys[start : start + 500])
+            marks = ",".join("?" * len(part))
+            found.update(self.db.execute(f"SELECT key, value FROM requests WHERE key IN ({marks})", part).fetchall())
+        self.counts["hits"] += len(found)
+        self.counts["misses"] += len(set(keys) - set(found))
+        return found
+
+    def put_many(self, items: dict[str, bytes]) -> None:
+        now = time.time()
+        with self.db:  # one transaction: a chunk is cached whole or not at all
+            self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
+                                [(k, v, len(v), now) for k, v in items.items()])
+        self.counts["writes"] += len(items)
+        self._enforce_cap()
+
+    def size(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(SUM(size), 0) FROM requests").fetchone()[0])
+
+    def _enforce_cap(self) -> None:
+        total = self.size()
+        if total <= self.max_bytes:
+            return
+        target = int(self.max_bytes * 0.9)
+        rows = self.db.execute("SELECT key, size FROM requests ORDER BY written, key").fetchall()
+        evict = []
+        for key, size in rows:
+            if total <= target:
+                break
+            evict.append((key,))
+            total -= size
+        with self.db:
+            self.db.executemany("DELETE FROM requests WHERE key = ?", evict)
+        self.counts["evicted"] += len(evict)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def _completion_to_json(c: Completion) -> dict[str, Any]:
+    tops = None if c.top_logprobs is None else [{str(k): v for k, v in step.items()} for step in c.top_logprobs]
+    return {"text": c.text, "token_ids": list(c.token_ids), "logprobs": list(c.logprobs),
+            "finish_reason": c.finish_reason, "top_logprobs": tops}
+
+
+def _completion_from_json(d: dict[str, Any]) -> Completion:
+    tops = d["top_logprobs"]
+    return Completion(text=d["text"], token_ids=tuple(d["token_ids"]), logprobs=tuple(d["logprobs"]),
+                      finish_reason=d["finish_reason"],
+                      top_logprobs=None if tops is None else tuple({int(k): v for k, v in s.items()} for s in tops))
+
+
+def encode_completions(completions: Sequence[Completion]) -> bytes:
+    # json writes floats with repr(): float64 values round-trip exactly.
+    return json.dumps([_completion_to_json(c) for c in completions], separators=(",", ":")).encode()
+
+
+def decode_completions(data: bytes) -> list[Completion]:
+    return [_completion_from_json(d) for d in json.loads(data)]
+
+
+def _cacheable(p: SamplingParams) -> bool:
+    return p.seed is not None or p.temperature == 0
+
+
+class CachedEngine(Engine):
+    """An engine that asks `store` before it asks `inner` (store None: chunking only, no cache)."""
+
+    def __init__(self, inner: Engine, store: RequestStore | None, identity: dict[str, Any] | None = None,
+                 chunk: int = CHUNK_REQUESTS):
+        self.inner, self.store, self.chunk = inner, store, chunk
+        self._identity = {"engine": inner.identity(), **(identity or {})}
+        self.backend, self.model_id, self.model_path = inner.backend, inner.model_id, inner.model_path
+        self.revision, self.tokenizer, self.max_model_len = inner.revision, inner.tokenizer, inner.max_model_len
+
+    # The wrapped engine's attributes, read through (tokenizer, max_model_len, model_id, ...).
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (during unpickling or a failed __init__)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def _key(self, op: str, *parts: Any) -> str:
+        return fingerprint([self._identity, op, *parts])
+
+    def _chunked(self, count: int, keys: list[str | None], run: Callable[[list[int]], list[Any]],
+                 encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]) -> list[Any]:
+        results: list[Any] = [None] * count
+        for start in range(0, count, self.chunk):
+            positions = list(range(start, min(start + self.chunk, count)))
+            wanted = [keys[i] for i in positions if keys[i] is not None]
+            found = self.store.get_many(wanted) if self.store is not None and wanted else {}
+            todo = [i for i in positions if keys[i] is None or keys[i] not in found]
+            for i in positions:
+                if i not in todo:
+                    results[i] = decode(found[keys[i]])
+            if not todo:
+                continue
+            for i, value in zip(todo, run(todo)):
+                results[i] = value
+            if self.store is not None:
+                self.store.put_many({keys[i]: encode(results[i]) for i in todo if keys[i] is not None})
+            fault_point("engine_chunk")
+        return results
+
+    def generate(self, prompts: Sequence[Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams]) -> list[list[Completion]]:
+        per_prompt = normalise_params(params, len(prompts))
+        keys = [self._key("generate", p.as_dict(), list(map(int, ids))) if _cacheable(p) else None
+                for ids, p in zip(prompts, per_prompt)]
+        return self._chunked(len(prompts), keys,
+                             lambda todo: self.inner.generate([prompts[i] for i in todo], [per_prompt[i] for i in todo]),
+                             encode_completions, decode_completions)
+
+    def score(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        keys = [self._key("score", list(map(int, p)), list(map(int, t))) for p, t in zip(prompts, targets)]
+        return self._chunked(len(prompts), keys,
+                             lambda todo: self.inner.score([prompts[i] for i in todo], [targets[i] for i in todo]),
+                             lambda a: np.asarray(a, dtype="<f8").tobytes(),
+                             lambda b: np.frombuffer(b, dtype="<f8").astype(np.float64))
+
+    def hidden_states(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        return self.inner.hidden_states(sequences)
+
+    def close(self) -> None:
+        """The pool closes the wrapped engine; the wrapper holds nothing of its own."""
