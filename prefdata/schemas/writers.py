@@ -84,9 +84,29 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     _write_atomic(path, lambda handle: handle.write(data))
 
 
+def _canonical_type(type_: pa.DataType) -> pa.DataType:
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        value = type_.value_field
+        field = pa.field("element", _canonical_type(value.type), value.nullable, value.metadata)
+        return pa.list_(field) if pa.types.is_list(type_) else pa.large_list(field)
+    if pa.types.is_struct(type_):
+        return pa.struct([f.with_type(_canonical_type(f.type)) for f in type_])
+    return type_
+
+
+def canonical_table(table: pa.Table) -> pa.Table:
+    """One layout for the same rows: a table built in memory names list items `item`, one read
+    from Parquet names them `element`; both are written as `element` (the Parquet spec's name),
+    in one chunk, so a resumed build's files are byte-identical to an uninterrupted one's."""
+    schema = pa.schema([f.with_type(_canonical_type(f.type)) for f in table.schema], metadata=table.schema.metadata)
+    if not schema.equals(table.schema, check_metadata=True):
+        table = table.cast(schema)
+    return table.combine_chunks()
+
+
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write `table` to `path` via temp file + fsync + rename; the old file (if any) stays until the rename."""
-    table = table.combine_chunks()  # the same rows give the same bytes however they were chunked
+    table = canonical_table(table)
     _write_atomic(path, lambda handle: pq.write_table(table, handle, **PARQUET_SETTINGS))
 
 
