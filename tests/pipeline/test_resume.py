@@ -8,6 +8,7 @@ is shared by every kill point.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -99,8 +100,6 @@ def test_killed_build_resumes_to_identical_output(reference, tmp_path, kill_at):
     assert resumed.returncode == 0, resumed.stderr
     assert output_bytes(out) == reference
     assert temp_files(out) == []
-    import json
-
     stats = json.loads((out / "stats.json").read_text())
     assert stats["resumed"]["stages"] >= 1  # finished work was re-used, not redone
     if kill_at.startswith("engine_chunk"):
