@@ -175,6 +175,7 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
     import datasets
 
     from prefdata.engines.base import Engine
+    from prefdata.engines.cache import CachedEngine
     from prefdata.pipeline.context import BuildContext, EnginePool
     from prefdata.pipeline.stage import StageStats, check_chain
     from prefdata.schemas.errors import rejects_table
@@ -191,7 +192,8 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
         table, rejects = _as_prompt_table(table)
     check_chain([stage], table.column_names)
 
-    pool = EnginePool({})
+    # The builder's request chunking (no cache): the engine sees the batches a build gives it.
+    pool = EnginePool({}, wrap=lambda engine, _config: CachedEngine(engine, None))
     for name, engine in (engines or {}).items():
         if not isinstance(engine, Engine):
             raise TypeError(f"engines[{name!r}] must be a loaded prefdata Engine, got {type(engine).__name__} "

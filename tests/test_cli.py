@@ -70,3 +70,23 @@ def test_cli_build_subprocess_with_vllm(tmp_path):
     ds = prefdata.load(out)
     assert len(ds) == stats["output"]["rows"]
     assert all(r["chosen"] != r["rejected"] for r in ds)
+
+
+def test_no_cache_switch_turns_the_request_cache_off(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run_build(recipe, **kwargs):  # orchestration only: what the CLI hands the build API
+        seen.update(kwargs)
+        from prefdata.schemas.errors import PrefdataError
+
+        raise PrefdataError("stop here")
+
+    import prefdata.build  # noqa: F401 - the package attribute `build` is the function; patch the module
+
+    monkeypatch.setattr(sys.modules["prefdata.build"], "run_build", fake_run_build)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[source]\npath = "{FIXTURES / "pairs_small.jsonl"}"\nkind = "pairs"\n')
+    result = CliRunner().invoke(app, ["build", str(recipe), "--no-cache", "-q"])
+    assert result.exit_code == 2 and seen["cache"] is False
+    CliRunner().invoke(app, ["build", str(recipe), "-q"])
+    assert seen["cache"] is None  # the recipe's `output.cache` decides (on by default)

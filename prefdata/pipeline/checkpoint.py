@@ -36,7 +36,7 @@ from prefdata.pipeline.faults import fault_point
 from prefdata.pipeline.stage import Stage, StageOutput, StageStats
 from prefdata.schemas.errors import Reject, rejects_table
 from prefdata.schemas.pair import SCHEMA_VERSION, fingerprint
-from prefdata.schemas.writers import TEMP_MARKER, write_bytes_atomic, write_parquet_atomic
+from prefdata.schemas.writers import TEMP_MARKER, read_as_built, write_bytes_atomic, write_parquet_atomic
 from prefdata.types import RejectReason
 
 STATE_DIR = ".prefdata"  # build state inside the output folder: checkpoints and the request cache
@@ -183,7 +183,7 @@ def run_shard(index: int, shard: pa.Table, stages: Sequence[Stage], ctx: BuildCo
         result.stats.append(found.stats)
         result.resumed_stages += 1
     if last is not None:
-        result.table = pq.read_table(last.table_path)
+        result.table = read_as_built(last.table_path)
     for position in range(result.resumed_stages, len(stages)):
         stage = stages[position]
         out, stats = stage.run(result.table, ctx)

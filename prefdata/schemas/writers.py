@@ -84,9 +84,37 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     _write_atomic(path, lambda handle: handle.write(data))
 
 
+def _list_items_named(type_: pa.DataType, name: str) -> pa.DataType:
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        value = type_.value_field
+        field = pa.field(name, _list_items_named(value.type, name), value.nullable, value.metadata)
+        return pa.list_(field) if pa.types.is_list(type_) else pa.large_list(field)
+    if pa.types.is_struct(type_):
+        return pa.struct([f.with_type(_list_items_named(f.type, name)) for f in type_])
+    return type_
+
+
+def name_list_items(table: pa.Table, name: str) -> pa.Table:
+    schema = pa.schema([f.with_type(_list_items_named(f.type, name)) for f in table.schema], metadata=table.schema.metadata)
+    return table if schema.equals(table.schema, check_metadata=True) else table.cast(schema)
+
+
+def canonical_table(table: pa.Table) -> pa.Table:
+    """One layout for the same rows: a table built in memory names list items `item`, one read
+    from Parquet names them `element`; both are written as `element` (the Parquet spec's name),
+    in one chunk, so a resumed build's files are byte-identical to an uninterrupted one's."""
+    return name_list_items(table, "element").combine_chunks()
+
+
+def read_as_built(path: str | Path) -> pa.Table:
+    """A Parquet file as the table that was written (list items named `item`, as Arrow builds
+    them), so a stage sees the same schema whether its input came from memory or a checkpoint."""
+    return name_list_items(pq.read_table(path), "item")
+
+
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write `table` to `path` via temp file + fsync + rename; the old file (if any) stays until the rename."""
-    table = table.combine_chunks()  # the same rows give the same bytes however they were chunked
+    table = canonical_table(table)
     _write_atomic(path, lambda handle: pq.write_table(table, handle, **PARQUET_SETTINGS))
 
 

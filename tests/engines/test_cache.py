@@ -1,0 +1,75 @@
+"""The request cache: the same request gives the same result from the store as from the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prefdata.engines import SamplingParams
+from prefdata.engines.cache import CachedEngine, RequestStore, decode_completions, encode_completions
+
+
+@pytest.fixture(scope="module")
+def prompts(chat_formatter):
+    return [chat_formatter.prompt_ids([{"role": "user", "content": text}])
+            for text in ("Name a colour.", "Count to three.", "Name a colour.")]  # a duplicate prompt stays distinct
+
+
+def test_cached_generations_equal_fresh_ones_and_are_served_from_the_store(hf_engine, prompts, tmp_path):
+    params = [SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=s, top_logprobs=2) for s in (1, 2, 3)]
+    fresh = CachedEngine(hf_engine, None).generate(prompts, params)
+    store = RequestStore(tmp_path / "requests.sqlite")
+    first = CachedEngine(hf_engine, store).generate(prompts, params)
+    assert first == fresh and store.counts["misses"] == 3 and store.counts["writes"] == 3
+    store.close()
+    reopened = RequestStore(tmp_path / "requests.sqlite")  # as a resumed process would
+    engine = CachedEngine(hf_engine, reopened)
+    calls = []
+    engine.inner = type("Counting", (), {"generate": lambda self, p, q: calls.append(p) or hf_engine.generate(p, q),
+                                         "identity": hf_engine.identity})()
+    assert engine.generate(prompts, params) == fresh
+    assert calls == [] and reopened.counts["hits"] == 3
+    # another seed is another request
+    other = engine.generate(prompts[:1], SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=99))
+    assert len(calls) == 1 and other[0] != fresh[0]
+
+
+def test_unseeded_samples_are_not_cached(hf_engine, prompts, tmp_path):
+    store = RequestStore(tmp_path / "requests.sqlite")
+    CachedEngine(hf_engine, store).generate(prompts[:1], SamplingParams(temperature=1.0, max_tokens=3))
+    assert store.counts["writes"] == 0
+    CachedEngine(hf_engine, store).generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=3))
+    assert store.counts["writes"] == 1  # greedy is reproducible without a seed
+
+
+def test_cached_scores_are_bit_identical(hf_engine, prompts, tmp_path):
+    store = RequestStore(tmp_path / "requests.sqlite")
+    targets = [[42, 43, 44], [7], [42, 43, 44]]
+    first = CachedEngine(hf_engine, store).score(prompts, targets)
+    again = CachedEngine(hf_engine, store).score(prompts, targets)
+    assert store.counts["hits"] == 2  # prompts 0 and 2 with the same target are one request
+    for a, b in zip(first, again):
+        assert a.dtype == b.dtype == np.float64 and a.tobytes() == b.tobytes()
+
+
+def test_chunks_are_committed_one_by_one(hf_engine, prompts, tmp_path):
+    store = RequestStore(tmp_path / "requests.sqlite")
+    engine = CachedEngine(hf_engine, store, chunk=1)
+    engine.generate(prompts[:2], SamplingParams(temperature=0.0, max_tokens=2))
+    assert store.counts["writes"] == 2 and store.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 2
+
+
+def test_store_respects_its_size_cap(tmp_path):
+    store = RequestStore(tmp_path / "requests.sqlite", max_bytes=1000)
+    for i in range(10):
+        store.put_many({f"k{i}": bytes(300)})
+    assert store.size() <= 1000 and store.counts["evicted"] >= 7
+    assert store.get_many(["k9"]) == {"k9": bytes(300)}  # the newest entries stay
+    assert store.get_many(["k0"]) == {}
+
+
+def test_completion_encoding_round_trips_floats_exactly():
+    from prefdata.engines.base import Completion
+
+    c = Completion("hi", (1, 2), (-0.1 / 3, -1e-300), "stop", ({5: -0.2 / 7}, {6: -3.0}))
+    assert decode_completions(encode_completions([c])) == [c]
