@@ -188,9 +188,10 @@ class StageWorker:
 def worker_env() -> dict[str, str]:
     """Environment for the actors: this prefdata first on the path (a source checkout used without
     installing it), and the PREFDATA_/HF_ settings of the driver."""
-    package_root = str(Path(prefdata.__file__).resolve().parent.parent)
+    package_root = Path(prefdata.__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    if package_root.name not in {"site-packages", "dist-packages"}:  # installed copies are the nodes' own
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), os.environ.get("PYTHONPATH")) if p)
     return env
 
 

@@ -8,7 +8,9 @@ actor costs a minute per start on this machine) and its outputs shortened: 3 pro
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import tomllib
 
 import pyarrow.parquet as pq
 import pytest
@@ -19,7 +21,7 @@ from prefdata.build import resolve_recipe, run_build
 from prefdata.cli import app
 from prefdata.pipeline.executor import ExecutorConfig, StageResources
 from prefdata.pipeline.ray_executor import KILL_SHARD_ENV, ShardFailed
-from prefdata.recipe import RecipeError, load_recipe
+from prefdata.recipe import RecipeError, load_recipe, parse_recipe
 from prefdata.types import ExecutorKind
 
 from ..conftest import FIXTURES, REPO
@@ -132,6 +134,18 @@ def test_executor_config_resolution():
         resolve_recipe({**quickstart("out"), "executor": {"kind": "ray", "workers": 2}})
     with pytest.raises(RecipeError, match="executor.kind"):
         resolve_recipe({**quickstart("out"), "executor": {"kind": "slurm"}})
+
+
+def test_readme_cluster_example_is_a_valid_recipe():
+    """The README's cluster example parses, and gives the policy stage 8 replicas of 2 GPUs each."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## Scale out on Ray\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```toml\n(.*?)```", section, re.DOTALL)
+    recipe = quickstart("out")
+    recipe.update(tomllib.loads(block))
+    parsed = parse_recipe(recipe)
+    assert parsed.executor.kind == ExecutorKind.RAY and parsed.executor.address == "auto"
+    assert parsed.executor.resources(0, "on_policy") == StageResources(concurrency=8, num_cpus=1.0, num_gpus=2)
+    assert parsed.engines["policy"].tensor_parallel_size == 2
 
 
 def test_in_memory_engines_are_refused_by_ray(hf_engine, tmp_path):
