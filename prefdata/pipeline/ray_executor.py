@@ -156,7 +156,11 @@ class StageWorker:
         self.pool, self.store = engine_pool(parsed, Path(out_dir), use_cache)
         self.ctx = BuildContext(engines=self.pool, seed=parsed.seed)
         started = time.perf_counter()
-        self.stage.setup(self.ctx)
+        try:
+            self.stage.setup(self.ctx)
+        except Exception as exc:
+            raise ShardFailed(f"stage {position} ({self.stage.name}) could not start on a Ray worker: "
+                              f"{type(exc).__name__}: {exc}") from exc
         self.setup_seconds = time.perf_counter() - started
         self.checkpoints = Checkpoints(out_dir, stage_fingerprints) if stage_fingerprints is not None else None
         self.running = RunningShards(Path(out_dir))
@@ -323,9 +327,10 @@ class RayExecutor:
     @staticmethod
     def _failure(exc: Exception, running: RunningShards, unfinished: list[int], out_dir: Path) -> PrefdataError:
         kept = f"finished shards are kept in {out_dir} (run the build again to resume)"
-        for cause in _causes(exc):
-            if isinstance(cause, ShardFailed) or "ShardFailed" in type(cause).__name__:
-                return ShardFailed(f"{_first_line(cause)}; {kept}")
+        for cause in _causes(exc):  # a ShardFailed raised in a worker arrives wrapped by Ray
+            line = _marked_line(cause)
+            if line:
+                return ShardFailed(f"{line}; {kept}")
         pending = running.pending()
         if pending:
             shard, stage, position, attempts = pending[0]
@@ -343,9 +348,13 @@ def _causes(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
+def _marked_line(exc: BaseException) -> str | None:
+    for line in str(exc).splitlines():
+        if "failed on shard" in line or "could not start on a Ray worker" in line:
+            return line[line.find("stage "):]
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    for line in text.splitlines():
-        if "ShardFailed" in line or "failed on shard" in line:
-            return line[line.find("stage "):] if "stage " in line else line
+    text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

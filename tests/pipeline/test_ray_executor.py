@@ -122,6 +122,13 @@ def test_resume_on_ray_after_a_local_build_runs_nothing(ray_cluster, reference, 
     assert pairs(out) == pairs(reference.out_dir)
 
 
+def test_stage_that_cannot_start_names_the_stage(ray_cluster, tmp_path):
+    recipe = quickstart(tmp_path / "out")
+    recipe["engines"]["policy"]["model"] = str(tmp_path / "no-such-model")
+    with pytest.raises(ShardFailed, match=r"stage 0 \(on_policy\) could not start on a Ray worker: .*no-such-model"):
+        run_build(recipe)
+
+
 def test_executor_config_resolution():
     config = ExecutorConfig(kind="ray", concurrency=2, num_gpus=1,
                             stages={"on_policy": {"num_gpus": 2}, "1": {"concurrency": 4, "num_cpus": 0.5}})
