@@ -349,9 +349,12 @@ def _causes(exc: BaseException):
 
 
 def _marked_line(exc: BaseException) -> str | None:
-    for line in str(exc).splitlines():
-        if "failed on shard" in line or "could not start on a Ray worker" in line:
-            return line[line.find("stage "):]
+    """The ShardFailed message inside a (possibly Ray-wrapped) exception's text, if any."""
+    if isinstance(exc, ShardFailed):
+        return str(exc)
+    for line in reversed(str(exc).splitlines()):  # Ray's text ends with "...ShardFailed: <message>"
+        if "ShardFailed: " in line:
+            return line.split("ShardFailed: ", 1)[1]
     return None
 
 
