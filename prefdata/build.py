@@ -17,11 +17,9 @@ from typing import Any
 
 from prefdata import __version__
 from prefdata.engines.base import Engine
-from prefdata.engines.cache import CachedEngine, RequestStore
-from prefdata.engines.config import EngineConfig
-from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE, Checkpoints, remove_temp_files
-from prefdata.pipeline.context import BuildContext, EnginePool
-from prefdata.pipeline.local import ExecutionResult, run_local
+from prefdata.pipeline.checkpoint import remove_temp_files
+from prefdata.pipeline.executor import BuildJob, make_executor
+from prefdata.pipeline.local import ExecutionResult
 from prefdata.pipeline.stage import ChainError, check_chain
 from prefdata.recipe import Recipe, RecipeError, load_recipe, parse_recipe
 from prefdata.registry import make_stage
@@ -29,7 +27,7 @@ from prefdata.schemas.errors import InputError, rejects_table
 from prefdata.schemas.pair import SCHEMA_VERSION
 from prefdata.schemas.readers import ReadResult, read_pairs, read_prompts
 from prefdata.schemas.writers import load_dataset_dir, shard_files, write_bytes_atomic, write_parquet_atomic
-from prefdata.types import SourceKind
+from prefdata.types import ExecutorKind, SourceKind
 
 STATS_FILE, RECIPE_FILE, REJECTS_FILE = "stats.json", "recipe.json", "rejects.parquet"
 
@@ -46,7 +44,8 @@ class BuildResult:
 
 
 def resolve_recipe(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None,
-                   output: str | Path | None = None, limit: int | None = None) -> Recipe:
+                   output: str | Path | None = None, limit: int | None = None,
+                   executor: ExecutorKind | str | None = None) -> Recipe:
     if isinstance(recipe, Recipe):
         data = recipe.resolved()
     elif isinstance(recipe, dict):
@@ -59,6 +58,8 @@ def resolve_recipe(recipe: Recipe | str | Path | dict, *, input: str | Path | No
         data["output"]["dir"] = str(output)
     if limit is not None:
         data["source"]["limit"] = limit
+    if executor is not None:
+        data.setdefault("executor", {})["kind"] = ExecutorKind(executor).value
     return parse_recipe(data, "<recipe with overrides>")
 
 
@@ -78,12 +79,13 @@ def prepare_output_dir(out_dir: Path) -> None:
 
 def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None, output: str | Path | None = None,
               limit: int | None = None, engines: dict[str, Engine] | None = None,
-              on_shard=None, cache: bool | None = None) -> BuildResult:
+              on_shard=None, cache: bool | None = None, executor: ExecutorKind | str | None = None) -> BuildResult:
     """Run a recipe; returns the output folder and its stats. `engines` supplies already-loaded
     engines by name (they are used instead of loading the recipe's, and not closed here).
-    `cache` overrides the recipe's `output.cache` (the request cache)."""
+    `cache` overrides the recipe's `output.cache` (the request cache); `executor` the recipe's
+    `[executor] kind` (local or ray)."""
     started = time.perf_counter()
-    recipe = resolve_recipe(recipe, input=input, output=output, limit=limit)
+    recipe = resolve_recipe(recipe, input=input, output=output, limit=limit, executor=executor)
     out_dir = recipe.output_dir()
     prepare_output_dir(out_dir)
     remove_temp_files(out_dir)  # half-written files of a killed build; their targets are intact
@@ -94,36 +96,20 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     except ChainError as exc:
         raise RecipeError(f"recipe {recipe.name}: {exc}") from None
     use_cache = recipe.output.cache if cache is None else cache
-    store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(recipe.output.cache_max_gib * 1024**3)) if use_cache else None
-
-    def wrap(engine: Engine, config: EngineConfig) -> Engine:
-        return CachedEngine(engine, store, identity={"config": config.model_dump(mode="json")})
-
-    pool = EnginePool(recipe.engines, wrap=wrap)
-    for name, engine in (engines or {}).items():
-        pool.put(name, engine)
-    checkpoints = Checkpoints.for_stages(out_dir, stages, pool.configs) if recipe.output.checkpoints else None
-    ctx = BuildContext(engines=pool, seed=recipe.seed)
-    try:
-        setup_started = time.perf_counter()
-        for stage in stages:
-            stage.setup(ctx)
-        setup_seconds = time.perf_counter() - setup_started
-        result = run_local(source.table, stages, ctx, out_dir, recipe.output.shard_size, on_shard=on_shard,
-                           checkpoints=checkpoints)
-        engine_ids = pool.loaded()
-    finally:
-        pool.close()
-        if store is not None:
-            store.close()
+    if engines and recipe.executor.kind != ExecutorKind.LOCAL:
+        raise RecipeError(f"recipe {recipe.name}: engines passed in memory run only with the local executor "
+                          f"(the {recipe.executor.kind.value} executor loads the recipe's engines in its workers)")
+    job = BuildJob(recipe=recipe, table=source.table, stages=stages, out_dir=out_dir, use_cache=use_cache,
+                   engines=engines or {}, on_shard=on_shard)
+    outcome = make_executor(recipe.executor).run(job)
+    result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
     _remove_stale_shards(out_dir, result)
-    if checkpoints is not None:
-        checkpoints.prune()
     rejects = source.rejects + result.rejects
     write_parquet_atomic(rejects_table(rejects), out_dir / REJECTS_FILE)
     stats = _stats(recipe, source, result, engine_ids, setup_seconds, time.perf_counter() - started)
     stats["resumed"] = result.resumed
-    stats["request_cache"] = dict(sorted(store.counts.items())) if store is not None else None
+    stats["request_cache"] = outcome.request_cache
+    stats["executor"] = recipe.executor.kind.value
     write_bytes_atomic(json.dumps(recipe.resolved(), indent=2).encode(), out_dir / RECIPE_FILE)
     write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
     built = BuildResult(out_dir=out_dir, stats=stats)

@@ -14,6 +14,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from prefdata.types import ExecutorKind
+
 app = typer.Typer(help="Build and curate preference data (prompt, chosen, rejected).", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Embedded models that ship inside PyPI packages.", no_args_is_help=True)
@@ -35,6 +37,7 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar"),
     no_push: bool = typer.Option(False, "--no-push", help="Skip the recipe's [push] table (build locally only)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the request cache (OUT/.prefdata/requests.sqlite)"),
+    executor: Optional[ExecutorKind] = typer.Option(None, "--executor", "-e", help="Where the stages run (overrides the recipe's [executor] kind): local, or ray (a Ray cluster; local one if [executor] has no address)"),  # noqa: UP007
 ) -> None:
     """Build a preference dataset from RECIPE (and push it if the recipe has a [push] table)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -57,7 +60,7 @@ def build(
             source = load_recipe(recipe).model_copy(update={"push": None})
         with progress:
             result = run_build(source, input=input, output=output, limit=limit, on_shard=on_shard,
-                               cache=False if no_cache else None)
+                               cache=False if no_cache else None, executor=executor)
     except PrefdataError as exc:
         _fail(str(exc))
     stats = result.stats

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from prefdata.engines.config import EngineConfig
+from prefdata.pipeline.executor import ExecutorConfig
 from prefdata.registry import StageConfig
 from prefdata.schemas.errors import PrefdataError
 from prefdata.schemas.readers import ColumnMap
@@ -121,6 +122,7 @@ class Recipe(BaseModel):
     stages: list[StageConfig] = Field(default_factory=list, description="Stages, run in order on each shard")  # type: ignore[valid-type]
     output: OutputConfig = Field(default_factory=OutputConfig)
     push: PushConfig | None = Field(None, description="Push the output to the Hugging Face Hub after the build")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where the stages run: local or a Ray cluster")
 
     def output_dir(self) -> Path:
         return self.output.dir or Path("out") / self.name

@@ -111,3 +111,10 @@ class Precision(str, Enum):
     AUTO = "auto"  # bf16 autocast on a GPU that supports it, else fp32
     FP32 = "fp32"
     BF16 = "bf16"  # fp32 weights, bf16 autocast
+
+
+class ExecutorKind(str, Enum):
+    """Where a build's stages run (`[executor] kind`, `prefdata build --executor`)."""
+
+    LOCAL = "local"  # one process, shards in order (prefdata.pipeline.local)
+    RAY = "ray"  # a Ray cluster: ray.data, one actor pool per stage (prefdata.pipeline.ray_executor)

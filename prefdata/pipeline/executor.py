@@ -1,0 +1,148 @@
+"""Executors: what runs a recipe's stages over the source shards. `local` or `ray`, same output.
+
+`build.py` reads the source, checks the stage chain and hands a `BuildJob` to the executor the
+recipe's `[executor]` table (or `prefdata build --executor`) names. Every executor writes shard
+`i` of the output as `data/train-<i>.parquet`, rows sorted by id, from the same per-shard stage
+runs (rows draw their seeds from `ctx.seed_for(id, ...)`), so the dataset does not depend on
+which executor built it; stage stats and rejects are merged the same way, and the per-shard stage
+checkpoints (`prefdata.pipeline.checkpoint`) are the same files, so either executor resumes a
+build the other started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.engines.base import Engine
+from prefdata.engines.config import EngineConfig
+from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE, Checkpoints
+from prefdata.pipeline.context import BuildContext, EnginePool
+from prefdata.pipeline.local import ExecutionResult, run_local
+from prefdata.pipeline.stage import Stage
+from prefdata.types import ExecutorKind
+
+if TYPE_CHECKING:
+    from prefdata.engines.cache import RequestStore
+    from prefdata.recipe import Recipe
+
+
+class StageResources(BaseModel):
+    """Ray resources of one stage's actor pool (`[executor.stages.<stage name or position>]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int | None = Field(None, ge=1, description="Actors (engine replicas) for this stage")
+    num_cpus: float | None = Field(None, ge=0, description="CPUs reserved per actor")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor (set it to the engine's tensor_parallel_size)")
+
+
+class ExecutorConfig(BaseModel):
+    """`[executor]`: where the stages run. The defaults run everything in this process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ExecutorKind = Field(ExecutorKind.LOCAL, description="local (one process) or ray (a Ray cluster)")
+    address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); "
+                                                   "unset: start a local cluster for this run")
+    concurrency: int = Field(1, ge=1, description="Actors per stage (each holds one loaded engine)")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (a vLLM engine with tensor_parallel_size=k needs k)")
+    max_retries: int = Field(3, ge=0, description="Times a shard is retried after its worker died; then the build fails naming it")
+    stages: dict[str, StageResources] = Field(default_factory=dict,
+                                              description="Per-stage overrides, keyed by stage type or position ('0')")
+    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started for the run (default: all)")
+    local_object_store_mb: int | None = Field(None, ge=80, description="Object store of the local cluster (default: Ray's)")
+
+    def resources(self, position: int, stage_name: str) -> StageResources:
+        """The stage's actor resources: its own table (by position, then by type) over the defaults."""
+        own = self.stages.get(str(position)) or self.stages.get(stage_name) or StageResources()
+        return StageResources(
+            concurrency=own.concurrency or self.concurrency,
+            num_cpus=self.num_cpus if own.num_cpus is None else own.num_cpus,
+            num_gpus=self.num_gpus if own.num_gpus is None else own.num_gpus,
+        )
+
+
+@dataclass
+class BuildJob:
+    """Everything an executor needs for one build (the source is already read and checked)."""
+
+    recipe: Recipe
+    table: pa.Table
+    stages: list[Stage]
+    out_dir: Path
+    use_cache: bool
+    engines: Mapping[str, Engine] = field(default_factory=dict)  # already-loaded engines (local executor only)
+    on_shard: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class ExecutorOutcome:
+    result: ExecutionResult
+    engines: dict[str, dict[str, Any]]  # engine identities, for stats.json
+    setup_seconds: float
+    request_cache: dict[str, int] | None
+
+
+class Executor(Protocol):
+    def run(self, job: BuildJob) -> ExecutorOutcome: ...
+
+
+def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool) -> tuple[EnginePool, RequestStore | None]:
+    """The recipe's engines behind the request cache (every executor process builds its own)."""
+    from prefdata.engines.cache import CachedEngine, RequestStore
+
+    store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(recipe.output.cache_max_gib * 1024**3)) if use_cache else None
+
+    def wrap(engine: Engine, config: EngineConfig) -> Engine:
+        # Also without a store: CachedEngine's fixed request chunks keep an engine's batches, and so
+        # its numerics, the same with the cache on or off.
+        return CachedEngine(engine, store, identity={"config": config.model_dump(mode="json")})
+
+    return EnginePool(recipe.engines, wrap=wrap), store
+
+
+def build_checkpoints(job: BuildJob, configs: Mapping[str, BaseModel]) -> Checkpoints | None:
+    return Checkpoints.for_stages(job.out_dir, job.stages, configs) if job.recipe.output.checkpoints else None
+
+
+class LocalExecutor:
+    """Shards in order in this process (`run_local`); engines load once, in this process."""
+
+    def run(self, job: BuildJob) -> ExecutorOutcome:
+        pool, store = engine_pool(job.recipe, job.out_dir, job.use_cache)
+        for name, engine in job.engines.items():
+            pool.put(name, engine)
+        checkpoints = build_checkpoints(job, pool.configs)
+        ctx = BuildContext(engines=pool, seed=job.recipe.seed)
+        try:
+            started = time.perf_counter()
+            for stage in job.stages:
+                stage.setup(ctx)
+            setup_seconds = time.perf_counter() - started
+            result = run_local(job.table, job.stages, ctx, job.out_dir, job.recipe.output.shard_size,
+                               on_shard=job.on_shard, checkpoints=checkpoints)
+            engines = pool.loaded()
+        finally:
+            pool.close()
+            if store is not None:
+                store.close()
+        if checkpoints is not None:
+            checkpoints.prune()
+        counts = dict(sorted(store.counts.items())) if store is not None else None
+        return ExecutorOutcome(result, engines, setup_seconds, counts)
+
+
+def make_executor(config: ExecutorConfig) -> Executor:
+    if config.kind == ExecutorKind.RAY:
+        from prefdata.pipeline.ray_executor import RayExecutor  # ray is an optional extra
+
+        return RayExecutor(config)
+    return LocalExecutor()

@@ -1,0 +1,363 @@
+"""The Ray executor: the recipe's stages as `ray.data` actor pools, one loaded engine per actor.
+
+The dataset is one row per shard (an "envelope": shard index, checkpoint keys, the shard's table
+as Arrow IPC, the rejects and stats gathered so far). Each stage is a `map_batches` over it with
+a callable class, so Ray keeps `concurrency` actors per stage, each holding the stage and its
+engines loaded once (`num_gpus`/`num_cpus` per actor from `[executor]`), and streams shards
+from one stage's pool to the next. The driver writes every shard as it comes back, sorted by id,
+to the file the local executor would write.
+
+Decisions:
+* A map_batches call gets exactly one shard. Rows per call are `[output] shard_size`, the same
+  unit as the local executor's, so a stage sees the same tables, the engines the same request
+  chunks, and the pairs are byte-identical; checkpoints and error messages can name the shard.
+* Checkpoints are the local executor's files (`prefdata.pipeline.checkpoint`), written by the
+  actors into the output folder, which therefore has to be on storage every node sees (NFS,
+  a mounted bucket; trivially true for a local cluster). The driver loads the stages a shard
+  already finished before submitting it, and never submits a shard that is complete.
+* Failures: an actor that dies (OOM, preemption, `kill -9`) is restarted and its shard retried,
+  up to `max_retries` times (Ray's `max_restarts`/`max_task_retries`). Each actor notes the
+  shard it is on in `OUT/.prefdata/ray/running/`, so when the retries are spent the build
+  fails naming that shard. A Python exception in a stage is not retried (it would fail again)
+  and is re-raised naming the stage and shard. Shards finished before a failure stay written,
+  with their checkpoints, for the next run to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import prefdata
+from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints, _rejects_from_table
+from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.executor import (
+    BuildJob,
+    ExecutorConfig,
+    ExecutorOutcome,
+    build_checkpoints,
+    engine_pool,
+)
+from prefdata.pipeline.local import ExecutionResult, iter_shards
+from prefdata.pipeline.stage import StageStats
+from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
+from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
+
+RUNNING_DIR = f"{STATE_DIR}/ray/running"
+# Test-only: "<stage position>:<shard>[:<marker file>]" makes the actor running that stage on that
+# shard SIGKILL itself; with a marker file only once (the file records that it happened).
+KILL_SHARD_ENV = "PREFDATA_RAY_KILL_SHARD"
+FORWARDED_ENV_PREFIXES = ("PREFDATA_", "HF_", "TRANSFORMERS_", "VLLM_")
+
+ENVELOPE = pa.schema([
+    ("shard", pa.int64()),
+    ("next", pa.int32()),  # position of the first stage still to run
+    ("keys", pa.list_(pa.string())),  # checkpoint key per stage (empty without checkpoints)
+    ("table", pa.binary()),  # the shard's current table, Arrow IPC stream
+    ("rejects", pa.list_(pa.binary())),  # per finished stage, its rejects table as Arrow IPC
+    ("meta", pa.string()),  # JSON: stage stats, engine identities, actor setup seconds
+])
+
+
+class ShardFailed(PrefdataError):
+    """A stage failed on a shard (retries spent, or an error a retry would repeat)."""
+
+
+def to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
+
+
+def stats_to_dict(stats: StageStats) -> dict[str, Any]:
+    return {**stats.as_dict(), "seconds": stats.seconds}
+
+
+def stats_from_dict(data: dict[str, Any]) -> StageStats:
+    return StageStats(data["name"], rows_in=data["rows_in"], rows_out=data["rows_out"], drops=Counter(data["drops"]),
+                      counters=Counter(data["counters"]), seconds=data["seconds"])
+
+
+class RunningShards:
+    """`OUT/.prefdata/ray/running/<position>-<stage>.shard-<index>`: a shard an actor has started and
+    not finished, with the number of attempts; what is left after a failure names the failing shard."""
+
+    def __init__(self, out_dir: Path):
+        self.root = Path(out_dir) / RUNNING_DIR
+
+    def _path(self, position: int, stage: str, index: int) -> Path:
+        return self.root / f"{position:02d}-{stage}.shard-{index:05d}"
+
+    def start(self, position: int, stage: str, index: int) -> int:
+        path = self._path(position, stage, index)
+        attempt = int(path.read_text() or 0) + 1 if path.is_file() else 1
+        write_bytes_atomic(str(attempt).encode(), path)
+        return attempt
+
+    def finish(self, position: int, stage: str, index: int) -> None:
+        self._path(position, stage, index).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                path.unlink()
+
+    def pending(self) -> list[tuple[int, str, int, int]]:
+        """(shard, stage, position, attempts) of every unfinished shard, lowest shard first."""
+        found = []
+        if self.root.is_dir():
+            for path in self.root.iterdir():
+                head, _, shard = path.name.partition(".shard-")
+                position, _, stage = head.partition("-")
+                if shard.isdigit() and position.isdigit():
+                    found.append((int(shard), stage, int(position), int(path.read_text() or 0)))
+        return sorted(found)
+
+
+def _kill_hook(position: int, index: int) -> None:
+    spec = os.environ.get(KILL_SHARD_ENV)
+    if not spec:
+        return
+    stage, shard, *marker = spec.split(":", 2)
+    if (int(stage), int(shard)) != (position, index):
+        return
+    if marker:
+        flag = Path(marker[0])
+        if flag.exists():
+            return
+        flag.write_text(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StageWorker:
+    """One actor of a stage's pool: the stage, set up once with its own engines, mapping shards."""
+
+    def __init__(self, recipe: dict[str, Any], position: int, out_dir: str, use_cache: bool,
+                 stage_fingerprints: list[str] | None):
+        from prefdata.recipe import parse_recipe
+        from prefdata.registry import make_stage
+
+        parsed = parse_recipe(recipe, "<recipe sent to a Ray worker>")
+        self.position = position
+        self.stage = make_stage(parsed.stages[position])
+        self.pool, self.store = engine_pool(parsed, Path(out_dir), use_cache)
+        self.ctx = BuildContext(engines=self.pool, seed=parsed.seed)
+        started = time.perf_counter()
+        try:
+            self.stage.setup(self.ctx)
+        except Exception as exc:
+            raise ShardFailed(f"stage {position} ({self.stage.name}) could not start on a Ray worker: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        self.setup_seconds = time.perf_counter() - started
+        self.checkpoints = Checkpoints(out_dir, stage_fingerprints) if stage_fingerprints is not None else None
+        self.running = RunningShards(Path(out_dir))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self._one(row) for row in batch.to_pylist()], schema=ENVELOPE)
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        position, name, index = self.position, self.stage.name, row["shard"]
+        if row["next"] > position:  # resumed past this stage from its checkpoint
+            return row
+        self.running.start(position, name, index)
+        _kill_hook(position, index)
+        try:
+            out, stats = self.stage.run(from_ipc(row["table"]), self.ctx)
+        except Exception as exc:
+            raise ShardFailed(f"stage {position} ({name}) failed on shard {index}: {type(exc).__name__}: {exc}") from exc
+        if self.checkpoints is not None:
+            self.checkpoints.save(position, name, index, row["keys"][position], out, stats)
+        meta = json.loads(row["meta"])
+        meta["stats"].append(stats_to_dict(stats))
+        meta["engines"].update(self.pool.loaded())
+        meta["setup"][str(position)] = max(meta["setup"].get(str(position), 0.0), self.setup_seconds)
+        self.running.finish(position, name, index)
+        return {**row, "next": position + 1, "table": to_ipc(out.table),
+                "rejects": [*row["rejects"], to_ipc(rejects_table(out.rejects))], "meta": json.dumps(meta)}
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for the actors: this prefdata first on the path (a source checkout used without
+    installing it), and the PREFDATA_/HF_ settings of the driver."""
+    package_root = Path(prefdata.__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    if package_root.name not in {"site-packages", "dist-packages"}:  # installed copies are the nodes' own
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+class RayExecutor:
+    """Runs the stages on a Ray cluster (`[executor] kind = "ray"`); see the module docstring."""
+
+    def __init__(self, config: ExecutorConfig):
+        self.config = config
+
+    def run(self, job: BuildJob) -> ExecutorOutcome:
+        import ray
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            self._connect(ray)
+        try:
+            return self._run(job)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _connect(self, ray) -> None:
+        cfg = self.config
+        if cfg.address:
+            ray.init(address=cfg.address, logging_level="WARNING")
+            return
+        memory = cfg.local_object_store_mb * 1024**2 if cfg.local_object_store_mb else None
+        ray.init(num_cpus=cfg.local_num_cpus, object_store_memory=memory, include_dashboard=False,
+                 logging_level="WARNING")
+
+    def _run(self, job: BuildJob) -> ExecutorOutcome:
+        import ray
+        import ray.data
+
+        cfg, stages, out_dir = self.config, job.stages, job.out_dir
+        checkpoints = build_checkpoints(job, job.recipe.engines)
+        shards = list(iter_shards(job.table, job.recipe.output.shard_size))
+        result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
+        done: dict[int, tuple[pa.Table, list[Reject], list[StageStats]]] = {}
+        envelopes, engines, setup = [], {}, Counter()
+
+        def finish(index: int, table: pa.Table, rejects: list[Reject], stats: list[StageStats]) -> None:
+            write_parquet_atomic(sort_by_id(table), shard_path(out_dir, index))
+            done[index] = (table, rejects, stats)
+            if job.on_shard is not None:
+                job.on_shard(len(done), len(shards))
+
+        for index, shard in enumerate(shards):
+            table, rejects, stats, keys = self._resume(index, shard, job, checkpoints)
+            result.resumed["stages"] += len(stats)
+            if stats and len(stats) == len(stages) or not stages:
+                result.resumed["shards"] += bool(stages)
+                finish(index, table, [r for part in rejects for r in part], stats)
+                continue
+            meta = {"stats": [stats_to_dict(s) for s in stats], "engines": {}, "setup": {}}
+            envelopes.append(pa.Table.from_pylist([{
+                "shard": index, "next": len(stats), "keys": keys, "table": to_ipc(table),
+                "rejects": [to_ipc(rejects_table(part)) for part in rejects], "meta": json.dumps(meta)}],
+                schema=ENVELOPE))
+
+        if envelopes:
+            running = RunningShards(out_dir)
+            running.clear()
+            data_context = ray.data.DataContext.get_current()
+            data_context.enable_progress_bars = False
+            dataset = ray.data.from_arrow(envelopes)  # one block per shard: shards spread over the actors
+            env = worker_env()
+            fingerprints = checkpoints.stage_fingerprints if checkpoints is not None else None
+            for position, stage in enumerate(stages):
+                res = cfg.resources(position, stage.name)
+                with warnings.catch_warnings():  # Ray 2.60 takes actor restarts only as ray_remote_args
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    dataset = dataset.map_batches(
+                        StageWorker, batch_size=1, batch_format="pyarrow",
+                        compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+                        num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
+                        fn_constructor_kwargs={"recipe": job.recipe.resolved(), "position": position,
+                                               "out_dir": str(out_dir.resolve()), "use_cache": job.use_cache,
+                                               "stage_fingerprints": fingerprints},
+                        runtime_env={"env_vars": env},
+                        max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
+            try:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    for row in batch.to_pylist():
+                        meta = json.loads(row["meta"])
+                        engines.update(meta["engines"])
+                        for position, seconds in meta["setup"].items():
+                            setup[position] = max(setup[position], seconds)
+                        rejects = [r for part in row["rejects"] for r in _rejects_from_table(from_ipc(part))]
+                        finish(row["shard"], from_ipc(row["table"]), rejects,
+                               [stats_from_dict(s) for s in meta["stats"]])
+            except Exception as exc:
+                raise self._failure(exc, running, sorted(set(range(len(shards))) - set(done)), out_dir) from exc
+
+        for index in sorted(done):
+            table, rejects, stats = done[index]
+            for position, part in enumerate(stats):
+                result.stats[position].merge(part)
+            result.rejects.extend(rejects)
+            result.shards.append(shard_path(out_dir, index))
+            result.rows += table.num_rows
+        if checkpoints is not None:
+            for index, shard in enumerate(shards):  # the actors' checkpoint files are this build's too
+                for position, key in enumerate(checkpoints.keys(shard)):
+                    checkpoints.load(position, stages[position].name, index, key)
+            checkpoints.prune()
+        return ExecutorOutcome(result, engines, float(sum(setup.values())), None)
+
+    @staticmethod
+    def _resume(index: int, shard: pa.Table, job: BuildJob, checkpoints: Checkpoints | None):
+        """The stages of `shard` that have checkpoints: (table after them, rejects per stage, stats, keys)."""
+        if checkpoints is None:
+            return shard, [], [], []
+        keys = checkpoints.keys(shard)
+        table, rejects, stats = shard, [], []
+        for position, stage in enumerate(job.stages):
+            found = checkpoints.load(position, stage.name, index, keys[position])
+            if found is None:
+                break
+            rejects.append(found.rejects)
+            stats.append(found.stats)
+            table = found.table_path
+        if not isinstance(table, pa.Table):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(table)
+        return table, rejects, stats, keys
+
+    @staticmethod
+    def _failure(exc: Exception, running: RunningShards, unfinished: list[int], out_dir: Path) -> PrefdataError:
+        kept = f"finished shards are kept in {out_dir} (run the build again to resume)"
+        for cause in _causes(exc):  # a ShardFailed raised in a worker arrives wrapped by Ray
+            line = _marked_line(cause)
+            if line:
+                return ShardFailed(f"{line}; {kept}")
+        pending = running.pending()
+        if pending:
+            shard, stage, position, attempts = pending[0]
+            return ShardFailed(f"shard {shard} failed in stage {position} ({stage}) after {attempts} attempts "
+                               f"(a worker died each time: {type(exc).__name__}); {kept}")
+        return ShardFailed(f"the Ray executor failed with shards {unfinished} unfinished: {type(exc).__name__}: "
+                           f"{_first_line(exc)}; {kept}")
+
+
+def _causes(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _marked_line(exc: BaseException) -> str | None:
+    """The ShardFailed message inside a (possibly Ray-wrapped) exception's text, if any."""
+    if isinstance(exc, ShardFailed):
+        return str(exc)
+    for line in reversed(str(exc).splitlines()):  # Ray's text ends with "...ShardFailed: <message>"
+        if "ShardFailed: " in line:
+            return line.split("ShardFailed: ", 1)[1]
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

