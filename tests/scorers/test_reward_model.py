@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from prefdata.engines.embedded import resolve_model
 from prefdata.scorers import RewardModelConfig, RewardModelScorer, ScoreBatch
 
 PROMPTS = [
@@ -14,26 +13,6 @@ PROMPTS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name three colours of the rainbow."}],
 ]
 RESPONSES = ["The capital of France is Paris, a city on the Seine.", "Hi!", "Red, orange and yellow."]
-
-
-@pytest.fixture(scope="module")
-def rm_folder(tmp_path_factory):
-    """A small random LlamaForSequenceClassification with the SmolLM2 tokenizer (chat template)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(None))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=1,
-                         pad_token_id=None)  # as many RMs ship: the scorer must set it for batching
-    torch.manual_seed(0)
-    model = LlamaForSequenceClassification(config)
-    with torch.no_grad():
-        model.score.weight.normal_(0, 1.0)  # a head with visible spread between inputs
-    folder = tmp_path_factory.mktemp("tiny_rm")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _scorer(folder, **overrides):
