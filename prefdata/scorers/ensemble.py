@@ -200,10 +200,10 @@ class ScoreStage(Stage):
         if null_rows and cfg.on_null == "reject":
             ids = table.column("id").to_pylist()
             for i in null_rows:
-                errors = ", ".join(f"{offset + m}:{d['name']}={d['error']}"
-                                   for m, d in enumerate(lists["member_details"][i][offset:]) if d["error"])
+                errors = ", ".join(f"{m}:{d['name']}={d['error']}"
+                                   for m, d in enumerate(lists["member_details"][i]) if d["error"])
                 rejects.append(Reject(self.name, RejectReason.NULL_SCORE, row_id=ids[i], field="margin",
-                                      detail=f"no aggregate score ({cfg.null_policy}); member errors: {errors or 'earlier stage'}",
+                                      detail=f"no aggregate score ({cfg.null_policy}); member errors: {errors}",
                                       payload=table.slice(i, 1).to_pylist()[0]))
             keep = pa.array([s[2] is not None for s in scores])
             table = table.filter(keep)

@@ -103,6 +103,13 @@ def test_null_scores_never_become_pairs(fixtures_dir):
     assert kept.rejects == []
 
 
+def test_empty_shard_gets_the_columns(fixtures_dir):
+    out, stats = _run(_stage([Scripted("a", chosen=[], rejected=[])]), _pairs(fixtures_dir).slice(0, 0))
+    assert out.table.num_rows == 0 and out.rejects == []
+    assert {"chosen_scores", "rejected_scores", "member_margins", "member_details"} <= set(out.table.column_names)
+    assert out.table.schema.field("member_margins").type == pa.list_(pa.float64())
+
+
 def test_score_stages_compose_by_appending(fixtures_dir):
     table = _pairs(fixtures_dir, 2)
     first, _ = _run(_stage([Scripted("a", chosen=[2.0, 0.0], rejected=[1.0, 1.0])]), table)
