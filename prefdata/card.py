@@ -62,7 +62,7 @@ def summary_of(obj: Any) -> str:
 
 def _scorers_in(obj: Any, depth: int = 0) -> Iterator[Any]:
     """Scorer instances held by a stage or scorer (ensembles hold members), depth-first."""
-    from prefdata.scorers.base import Scorer
+    from prefdata.scorers.base import PairScorer, Scorer
 
     if depth > 3:
         return
@@ -70,8 +70,9 @@ def _scorers_in(obj: Any, depth: int = 0) -> Iterator[Any]:
     for value in values:
         items = value if isinstance(value, (list, tuple)) else value.values() if isinstance(value, dict) else [value]
         for item in items:
-            if isinstance(item, Scorer):
-                yield item
+            if isinstance(item, (Scorer, PairScorer)):
+                if not getattr(item, "is_adapter", False):  # an adapter (PointwisePairs) is cited as what it wraps
+                    yield item
                 yield from _scorers_in(item, depth + 1)
 
 

@@ -12,11 +12,13 @@ from pydantic import BaseModel, Field
 
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
 from prefdata.pipeline.stage import Stage
+from prefdata.scorers.ensemble import ScoreConfig, ScoreStage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),
     "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
+    "score": (ScoreConfig, ScoreStage),
 }
 
 

@@ -74,6 +74,7 @@ class RejectReason(str, Enum):
     NO_PAIR = "no_pair"
     SEQUENCE_TOO_LONG = "sequence_too_long"  # trainer: prompt + response longer than max_length (never truncated)
     BAD_EDIT_SPANS = "bad_edit_spans"  # trainer: metadata.edit_spans that do not fit the response text
+    NULL_SCORE = "null_score"  # score stage: the ensemble could not score the pair (member error codes in detail)
 
 
 class ScoreError(str, Enum):
@@ -86,6 +87,7 @@ class ScoreError(str, Enum):
     UNPARSEABLE_VERDICT = "unparseable_verdict"  # judge (text mode): no rating in the generated text
     EMPTY_RESPONSE = "empty_response"
     TRUNCATED = "truncated"  # input longer than the scorer's context
+    POSITION_INCONSISTENT = "position_inconsistent"  # pairwise judge: the two orders disagree (consistent mode)
 
 
 class LossType(str, Enum):

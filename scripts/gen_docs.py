@@ -62,7 +62,7 @@ def _type_default(config: type[BaseModel]) -> str | None:
 def entries() -> list[Entry]:
     from prefdata.registry import STAGES
     from prefdata.scorers import ScorerConfig
-    from prefdata.scorers.base import Scorer
+    from prefdata.scorers.base import PairScorer, Scorer
 
     found = [Entry(name, _kind(impl.__module__, "stage"), config, impl) for name, (config, impl) in STAGES.items()]
     stage_names = {e.name for e in found}
@@ -71,8 +71,8 @@ def entries() -> list[Entry]:
         if name is None or name in stage_names:
             continue
         module = sys.modules[config.__module__]
-        impls = [obj for obj in vars(module).values() if isinstance(obj, type) and issubclass(obj, Scorer)
-                 and obj is not Scorer and getattr(obj, "name", None) == name]
+        impls = [obj for obj in vars(module).values() if isinstance(obj, type) and issubclass(obj, (Scorer, PairScorer))
+                 and obj not in (Scorer, PairScorer) and getattr(obj, "name", None) == name]
         found.append(Entry(name, "scorer", config, impls[0] if impls else None))
     return sorted(found, key=lambda e: (e.kind, e.name))
 

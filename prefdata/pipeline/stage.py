@@ -22,6 +22,8 @@ from prefdata.pipeline.context import BuildContext
 from prefdata.schemas.errors import Reject
 from prefdata.schemas.pair import fingerprint
 
+RATE_NUM, RATE_DEN = "__num", "__den"
+
 
 @dataclass
 class StageStats:
@@ -42,10 +44,23 @@ class StageStats:
         self.seconds += other.seconds
         return self
 
+    def rates(self) -> dict[str, float]:
+        """Ratios a stage reports as two counters, `<name>__num` and `<name>__den` (counts add up
+        across shards and machines; their ratio is taken once, here)."""
+        out = {}
+        for key, den in self.counters.items():
+            if key.endswith(RATE_DEN) and den:
+                name = key[: -len(RATE_DEN)]
+                out[name] = round(self.counters.get(name + RATE_NUM, 0) / den, 6)
+        return dict(sorted(out.items()))
+
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "rows_in": self.rows_in, "rows_out": self.rows_out,
-                "drops": dict(sorted(self.drops.items())), "counters": dict(sorted(self.counters.items())),
-                "seconds": round(self.seconds, 3)}
+        out = {"name": self.name, "rows_in": self.rows_in, "rows_out": self.rows_out,
+               "drops": dict(sorted(self.drops.items())), "counters": dict(sorted(self.counters.items())),
+               "seconds": round(self.seconds, 3)}
+        if rates := self.rates():
+            out["rates"] = rates
+        return out
 
 
 @dataclass
