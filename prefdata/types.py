@@ -38,6 +38,17 @@ class PairingStrategy(str, Enum):
     RANKED = "ranked"  # best vs each other: n-1 pairs, largest gap first (easy to hard)
 
 
+class FLRCategory(str, Enum):
+    """Follow-up categories of FLR (Zhang et al. 2025): aspects of helpfulness a user reacts to."""
+
+    UNDERSTANDING = "understanding"
+    RELEVANCE = "relevance"
+    CORRECTNESS = "correctness"
+    ENGAGINGNESS = "engagingness"
+    INFORMATIVENESS = "informativeness"
+    FOLLOWING = "following"
+
+
 class SourceFormat(str, Enum):
     """Readers for input files; `auto` picks by suffix (.jsonl/.json, .parquet, a datasets folder)."""
 

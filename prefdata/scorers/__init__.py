@@ -11,17 +11,18 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from prefdata.scorers.base import ScoreBatch, Scorer, ScoreResult
+from prefdata.scorers.flr import FLRConfig, FLRScorer
 from prefdata.scorers.judge import JudgeConfig, PointwiseJudge
 from prefdata.scorers.verifier import MathVerifier, VerifierConfig
 
-ScorerConfig = Annotated[Union[JudgeConfig, VerifierConfig], Field(discriminator="type")]  # noqa: UP007
+ScorerConfig = Annotated[Union[JudgeConfig, VerifierConfig, FLRConfig], Field(discriminator="type")]  # noqa: UP007
 
-_SCORERS = {"judge": PointwiseJudge, "verifier": MathVerifier}
+_SCORERS = {"judge": PointwiseJudge, "verifier": MathVerifier, "flr": FLRScorer}
 
 
-def make_scorer(config: JudgeConfig | VerifierConfig) -> Scorer:
+def make_scorer(config: JudgeConfig | VerifierConfig | FLRConfig) -> Scorer:
     return _SCORERS[config.type](config)
 
 
-__all__ = ["JudgeConfig", "MathVerifier", "PointwiseJudge", "ScoreBatch", "ScoreResult", "Scorer", "ScorerConfig",
+__all__ = ["FLRConfig", "FLRScorer", "JudgeConfig", "MathVerifier", "PointwiseJudge", "ScoreBatch", "ScoreResult", "Scorer", "ScorerConfig",
            "VerifierConfig", "make_scorer"]
