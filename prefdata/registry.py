@@ -10,12 +10,14 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from prefdata.generators.flr import FLRPairsConfig, FLRPairsGenerator
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
 from prefdata.pipeline.stage import Stage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),
+    "flr": (FLRPairsConfig, FLRPairsGenerator),
     "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
 }
 
