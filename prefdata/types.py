@@ -64,6 +64,7 @@ class SourceKind(str, Enum):
     PROMPTS = "prompts"  # one prompt (string or chat) per row, optional reference answer
     PAIRS = "pairs"  # prompt/chosen/rejected (strings or chats; TRL implicit-prompt allowed)
     HH = "hh"  # HH-RLHF transcripts: chosen/rejected "\n\nHuman: ...\n\nAssistant: ..."
+    COMPLETIONS = "completions"  # a prompt and a list of scored completions: best vs worst becomes a pair
 
 
 class RejectReason(str, Enum):
@@ -85,6 +86,10 @@ class RejectReason(str, Enum):
     NO_PAIR = "no_pair"
     SEQUENCE_TOO_LONG = "sequence_too_long"  # trainer: prompt + response longer than max_length (never truncated)
     BAD_EDIT_SPANS = "bad_edit_spans"  # trainer: metadata.edit_spans that do not fit the response text
+    MISSING_SCORE = "missing_score"  # a stage that needs chosen/rejected scores found a null
+    TIED_SCORES = "tied_scores"  # chosen and rejected have the same score: no preference to keep
+    CHOSEN_SCORED_LOWER = "chosen_scored_lower"  # the scores contradict the chosen/rejected labels
+    SCORE_OUT_OF_RANGE = "score_out_of_range"  # a score outside the range a stage was told to expect
 
 
 class ScoreError(str, Enum):
