@@ -57,3 +57,28 @@ def test_registered_and_reuses_on_policy():
     assert FLRPairsGenerator.process is OnPolicyGenerator.process
     with pytest.raises(ValueError):
         FLRPairsConfig(scorer={"type": "judge"})
+
+
+@pytest.mark.realdata
+def test_example_recipe_builds_real_pairs(hf_engine, shared_data, tmp_path, monkeypatch):
+    """examples/flr_pairs.toml on 2 real prompts (shorter samples; the test's engine is transformers)."""
+    import json
+
+    from prefdata.build import run_build
+    from prefdata.recipe import load_recipe
+
+    monkeypatch.setenv("PREFDATA_DATA", str(shared_data))
+    recipe = load_recipe("examples/flr_pairs.toml").resolved()
+    recipe["stages"][0]["n"] = 3
+    recipe["stages"][0]["sampling"]["max_tokens"] = 16
+    recipe["stages"][0]["scorer"]["categories"] = ["correctness"]  # 2 + 2 follow-ups keep the CPU test short
+    result = run_build(recipe, limit=2, output=tmp_path / "out", engines={"policy": hf_engine})
+    rows = result.dataset.to_list()
+    stage = result.stats["stages"][0]
+    assert stage["name"] == "flr" and stage["rows_in"] == 2 and stage["counters"]["responses"] == 6
+    assert len(rows) + stage["drops"].get("no_pair", 0) == 2 and rows
+    for row in rows:
+        assert row["source"] == "flr" and row["chosen_score"] > row["rejected_score"]
+        assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    recipe_json = json.loads((tmp_path / "out" / "recipe.json").read_text())
+    assert recipe_json["stages"][0]["scorer"]["type"] == "flr"

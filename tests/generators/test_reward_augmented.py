@@ -126,3 +126,33 @@ def test_format_and_config():
         RewardAugmentedConfig(score_range=(1, 1))
     with pytest.raises(ValidationError):
         RewardAugmentedConfig(variant="other")
+
+
+@pytest.mark.realdata
+def test_example_recipe_on_alpaca_eval(shared_data, tmp_path, monkeypatch):
+    """examples/reward_augmented.toml: AlpacaEval best vs worst completion, rescaled, two copies each."""
+    import json
+
+    from prefdata.build import run_build
+
+    monkeypatch.setenv("PREFDATA_DATA", str(shared_data))
+    result = run_build("examples/reward_augmented.toml", limit=20, output=tmp_path / "out")
+    rows = result.dataset.to_list()
+    source = [json.loads(line) for line in (shared_data / "alpaca_eval_multi_200.jsonl").open()][:20]
+    by_id = {r["id"]: r for r in source}
+    stage = result.stats["stages"][0]
+    assert len(rows) == 2 * stage["counters"]["pairs_in_kept"] and len(rows) + 2 * stage["drops"]["tied_scores"] == 40
+    copies: dict[str, dict] = {}
+    for row in rows:  # the build sorts rows by id: regroup the two copies of each source pair
+        copies.setdefault(row["metadata"]["source_pair_id"], {})[row["metadata"]["copy"]] = row
+    for pair in copies.values():
+        a, b = pair["goal_chosen"], pair["goal_rejected"]
+        assert (a["chosen"], a["rejected"]) == (b["rejected"], b["chosen"])
+        src = by_id[a["prompt_id"]]
+        prefs = {c["output"]: c["preference"] for c in src["completions"]}
+        best, worst = max(prefs.values()), min(prefs.values())
+        assert prefs[a["chosen"][0]["content"]] == best and prefs[a["rejected"][0]["content"]] == worst
+        assert a["metadata"]["goal_score"] == round(1 + 9 * (best - 1), 1)
+        assert a["prompt"][0] == {"role": "system", "content": goal(a["metadata"]["goal"])}
+        assert a["prompt"][1] == {"role": "user", "content": src["instruction"]}
+        assert b["prompt"][0]["content"] == goal(b["metadata"]["goal"]) and b["chosen_score"] < a["chosen_score"]
