@@ -144,8 +144,7 @@ class RewardAugmentedGenerator(Stage):
         return round(score, cfg.decimals) if cfg.decimals is not None else score
 
     def _reject(self, row: dict, reason: RejectReason, detail: str, field: str | None = None) -> Reject:
-        return Reject(self.name, reason, row_id=row["id"], field=field, detail=detail,
-                      payload={k: v for k, v in row.items() if k != "metadata"})
+        return Reject(self.name, reason, row_id=row["id"], field=field, detail=detail, payload=row)
 
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
         cfg = self.config

@@ -24,8 +24,10 @@ Decisions:
   end-of-turn tokens after it are context, not part of f (they are the same for every f and
   would only dilute the mean). Tokens are found by character offsets in the rendered chat, so
   a token that straddles the start of f counts as f's first token (TRL's boundary rule).
-* All follow-ups of all responses go to the engine in ONE `score` call (vLLM prompt log-probs
-  share the (x, y) prefix through its prefix cache).
+* All follow-ups of all responses go to the engine in ONE `score` call (with vLLM's automatic
+  prefix caching the (x, y) prefix shared by a response's follow-ups can be computed once; the
+  transformers engine runs every sequence in full, so FLR costs about |F+| + |F-| forwards of
+  the chat per response there).
 * A response whose chat plus its longest follow-up exceeds the engine's context gets null
   (`truncated`), never a score on a cut text; an empty response gets null (`empty_response`).
 """
