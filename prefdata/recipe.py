@@ -57,6 +57,10 @@ class ColumnsConfig(BaseModel):
     reference: str | None = Field(None, description="Reference answer (e.g. GSM8K 'answer'), for verifiers")
     chosen_score: str | None = Field(None, description="Existing score of the chosen response")
     rejected_score: str | None = Field(None, description="Existing score of the rejected response")
+    completions: str = Field("completions", description="kind = completions: the list of scored completions")
+    completion_text: str = Field("text", description="kind = completions: text field of each completion")
+    completion_score: str = Field("score", description="kind = completions: score field of each completion")
+    lower_score_is_better: bool = Field(False, description="kind = completions: the score is a rank (0 = best), negated when read")
 
     def to_map(self) -> ColumnMap:
         return ColumnMap(**self.model_dump())
@@ -67,7 +71,7 @@ class SourceConfig(BaseModel):
 
     path: Path = Field(description="Input file or folder (JSONL, Parquet, or a datasets folder)")
     format: SourceFormat = Field(SourceFormat.AUTO, description="Reader; auto picks by suffix")
-    kind: SourceKind = Field(SourceKind.PROMPTS, description="prompts, pairs, or hh (HH-RLHF transcripts)")
+    kind: SourceKind = Field(SourceKind.PROMPTS, description="prompts, pairs, hh (HH-RLHF transcripts), or completions (best vs worst of scored completions)")
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig, description="Column mapping")
     limit: int | None = Field(None, ge=1, description="Use only the first N usable rows")
 

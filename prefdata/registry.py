@@ -10,13 +10,17 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from prefdata.generators.flr import FLRPairsConfig, FLRPairsGenerator
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
+from prefdata.generators.reward_augmented import RewardAugmentedConfig, RewardAugmentedGenerator
 from prefdata.pipeline.stage import Stage
 from prefdata.scorers.ensemble import ScoreConfig, ScoreStage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),
+    "flr": (FLRPairsConfig, FLRPairsGenerator),
+    "reward_augmented": (RewardAugmentedConfig, RewardAugmentedGenerator),
     "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
     "score": (ScoreConfig, ScoreStage),
 }

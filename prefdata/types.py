@@ -38,6 +38,17 @@ class PairingStrategy(str, Enum):
     RANKED = "ranked"  # best vs each other: n-1 pairs, largest gap first (easy to hard)
 
 
+class FLRCategory(str, Enum):
+    """Follow-up categories of FLR (Zhang et al. 2025): aspects of helpfulness a user reacts to."""
+
+    UNDERSTANDING = "understanding"
+    RELEVANCE = "relevance"
+    CORRECTNESS = "correctness"
+    ENGAGINGNESS = "engagingness"
+    INFORMATIVENESS = "informativeness"
+    FOLLOWING = "following"
+
+
 class SourceFormat(str, Enum):
     """Readers for input files; `auto` picks by suffix (.jsonl/.json, .parquet, a datasets folder)."""
 
@@ -53,6 +64,7 @@ class SourceKind(str, Enum):
     PROMPTS = "prompts"  # one prompt (string or chat) per row, optional reference answer
     PAIRS = "pairs"  # prompt/chosen/rejected (strings or chats; TRL implicit-prompt allowed)
     HH = "hh"  # HH-RLHF transcripts: chosen/rejected "\n\nHuman: ...\n\nAssistant: ..."
+    COMPLETIONS = "completions"  # a prompt and a list of scored completions: best vs worst becomes a pair
 
 
 class RejectReason(str, Enum):
@@ -75,6 +87,10 @@ class RejectReason(str, Enum):
     SEQUENCE_TOO_LONG = "sequence_too_long"  # trainer: prompt + response longer than max_length (never truncated)
     BAD_EDIT_SPANS = "bad_edit_spans"  # trainer: metadata.edit_spans that do not fit the response text
     NULL_SCORE = "null_score"  # score stage: the ensemble could not score the pair (member error codes in detail)
+    MISSING_SCORE = "missing_score"  # a stage that needs chosen/rejected scores found a null
+    TIED_SCORES = "tied_scores"  # chosen and rejected have the same score: no preference to keep
+    CHOSEN_SCORED_LOWER = "chosen_scored_lower"  # the scores contradict the chosen/rejected labels
+    SCORE_OUT_OF_RANGE = "score_out_of_range"  # a score outside the range a stage was told to expect
 
 
 class ScoreError(str, Enum):

@@ -37,6 +37,22 @@ class Entry:
     def module(self) -> Any:
         return sys.modules[(self.impl or self.config).__module__]
 
+    @property
+    def page(self) -> str:
+        return page_name(self.name, self.kind)
+
+
+def _stage_names() -> set[str]:
+    """Stages implemented outside `prefdata.scorers` (the `score` stage is itself a scorer's page)."""
+    from prefdata.registry import STAGES
+
+    return {name for name, (_config, impl) in STAGES.items() if ".scorers." not in impl.__module__}
+
+
+def page_name(name: str, kind: str) -> str:
+    """`<name>.md`; a scorer named like a stage (the `flr` scorer and generator) gets `<name>_scorer.md`."""
+    return f"{name}_scorer.md" if kind == "scorer" and name in _stage_names() else f"{name}.md"
+
 
 def _kind(module_name: str, default: str) -> str:
     for part, kind in ((".generators.", "generator"), (".filters.", "filter"), (".scorers.", "scorer")):
@@ -65,10 +81,9 @@ def entries() -> list[Entry]:
     from prefdata.scorers.base import PairScorer, Scorer
 
     found = [Entry(name, _kind(impl.__module__, "stage"), config, impl) for name, (config, impl) in STAGES.items()]
-    stage_names = {e.name for e in found}
     for config in _union_members(ScorerConfig):
         name = _type_default(config)
-        if name is None or name in stage_names:
+        if name is None or any(e.name == name and e.kind == "scorer" for e in found):
             continue
         module = sys.modules[config.__module__]
         impls = [obj for obj in vars(module).values() if isinstance(obj, type) and issubclass(obj, (Scorer, PairScorer))
@@ -123,7 +138,8 @@ def _rows(config: type[BaseModel], prefix: str = "") -> list[str]:
             continue
         type_text = _type_name(field.annotation)
         if len(members) > 1:
-            links = ", ".join(f"[`{_type_default(m)}`]({_type_default(m)}.md)" for m in members if _type_default(m))
+            links = ", ".join(f"[`{_type_default(m)}`]({page_name(_type_default(m), _kind(m.__module__, 'stage'))})"
+                              for m in members if _type_default(m))
             type_text = f"table: one of {links}"
         rows.append(f"| `{prefix}{name}` | {type_text} | {_default(field)} | {description} |")
     return rows
@@ -158,13 +174,13 @@ def render_index(all_entries: list[Entry]) -> str:
              "| name | kind | what it does |", "|---|---|---|"]
     for entry in all_entries:
         summary = (inspect.cleandoc(entry.module.__doc__ or "").splitlines() or [""])[0].replace("|", "\\|")
-        lines.append(f"| [`{entry.name}`]({entry.name}.md) | {entry.kind} | {summary} |")
+        lines.append(f"| [`{entry.name}`]({entry.page}) | {entry.kind} | {summary} |")
     return "\n".join(lines) + "\n"
 
 
 def expected() -> dict[Path, str]:
     all_entries = entries()
-    pages = {DOCS / f"{entry.name}.md": render(entry) for entry in all_entries}
+    pages = {DOCS / entry.page: render(entry) for entry in all_entries}
     pages[DOCS / "README.md"] = render_index(all_entries)
     return pages
 

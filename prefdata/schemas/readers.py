@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,11 +23,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefdata.generators.pairing import make_pairs
 from prefdata.schemas.errors import InputError, Reject, RowError
 from prefdata.schemas.pair import PROMPT_SCHEMA, assistant_turn, make_pair_id, pair_schema, user_chat
-from prefdata.types import RejectReason, Role, SourceFormat, SourceKind
+from prefdata.types import PairingStrategy, RejectReason, Role, SourceFormat, SourceKind
 
 INPUT_METADATA_TYPE = pa.struct([pa.field("source_file", pa.string()), pa.field("source_row", pa.int64())])
+COMPLETIONS_METADATA_TYPE = pa.struct([
+    pa.field("source_file", pa.string()), pa.field("source_row", pa.int64()),
+    pa.field("n_completions", pa.int32()), pa.field("n_scored", pa.int32()),
+    pa.field("chosen_index", pa.int32()), pa.field("rejected_index", pa.int32()),
+])
 INPUT_SOURCE = "input"
 _ROLES = {r.value for r in Role}
 _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
@@ -44,6 +51,11 @@ class ColumnMap:
     reference: str | None = None
     chosen_score: str | None = None
     rejected_score: str | None = None
+    # kind = "completions": a list of completions per row, each with a text and a score (or a rank).
+    completions: str = "completions"
+    completion_text: str = "text"
+    completion_score: str = "score"
+    lower_score_is_better: bool = False  # ranks (0 = best): negated, so higher is better in the pair table
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, str | None] | None) -> ColumnMap:
@@ -335,6 +347,57 @@ def pair_record(record: Mapping[str, Any], columns: ColumnMap, kind: SourceKind,
     }
 
 
+def completions_record(record: Mapping[str, Any], columns: ColumnMap, file: str, stem: str, index: int) -> dict[str, Any]:
+    """One row with a prompt and a list of scored completions -> the best-vs-worst pair.
+
+    A completion with a null score or an empty text takes no part (counted in `n_scored`);
+    ties, duplicate texts and fewer than two scored completions follow `pairing.make_pairs`'
+    rules, and a row left without a pair is rejected (`no_pair`).
+    """
+    source_id = _source_id(record, columns, stem, index)
+    if columns.prompt is None:
+        raise RowError(RejectReason.MISSING_FIELD, "prompt", "no prompt column mapped")
+    prompt = _chat(_get(record, columns.prompt), columns.prompt, as_role=Role.USER.value)
+    if prompt[-1]["role"] != Role.USER.value:
+        raise RowError(RejectReason.BAD_ROLE, columns.prompt, "a prompt must end with a user turn")
+    items = _get(record, columns.completions)
+    if items is _MISSING or items is None:
+        raise RowError(RejectReason.MISSING_FIELD, columns.completions, "missing")
+    if not isinstance(items, list):
+        raise RowError(RejectReason.WRONG_TYPE, columns.completions, f"expected a list, got {type(items).__name__}")
+    texts, scores = [], []
+    for j, item in enumerate(items):
+        where = f"{columns.completions}[{j}]"
+        if not isinstance(item, Mapping):
+            raise RowError(RejectReason.WRONG_TYPE, where, f"expected an object, got {type(item).__name__}")
+        text = _get(item, columns.completion_text)
+        if text is not _MISSING and text is not None and not isinstance(text, str):
+            raise RowError(RejectReason.WRONG_TYPE, f"{where}.{columns.completion_text}", "expected a string")
+        score = _score(item, columns.completion_score) if isinstance(text, str) and text.strip() else None
+        if score is not None and columns.lower_score_is_better:
+            score = 0.0 - score  # not -score: a rank of 0 must not read as -0.0
+        texts.append(text if isinstance(text, str) else "")
+        scores.append(score)
+    result = make_pairs(scores, texts, PairingStrategy.MAX_MIN, random.Random(0))  # max_min draws nothing
+    if not result.pairs:
+        detail = "all scored completions tied" if result.counts["no_pair_all_tied"] else "fewer than two scored, distinct completions"
+        raise RowError(RejectReason.NO_PAIR, columns.completions, detail)
+    best, worst = result.pairs[0].chosen, result.pairs[0].rejected
+    return {
+        "id": make_pair_id(source_id, INPUT_SOURCE, {"kind": SourceKind.COMPLETIONS.value}),
+        "prompt_id": source_id,
+        "prompt": prompt,
+        "chosen": assistant_turn(texts[best]),
+        "rejected": assistant_turn(texts[worst]),
+        "chosen_score": scores[best],
+        "rejected_score": scores[worst],
+        "margin": scores[best] - scores[worst],
+        "source": INPUT_SOURCE,
+        "metadata": {"source_file": Path(file).name, "source_row": index, "n_completions": len(items),
+                     "n_scored": sum(s is not None for s in scores), "chosen_index": best, "rejected_index": worst},
+    }
+
+
 def _row_id(raw: Any, columns: ColumnMap) -> str | None:
     """The source id of a raw row, when it has a usable one (for rejects)."""
     if columns.id is None or not isinstance(raw, Mapping):
@@ -384,8 +447,12 @@ def read_prompts(path: str | Path, columns: ColumnMap | None = None, fmt: Source
 
 def read_pairs(path: str | Path, columns: ColumnMap | None = None, fmt: SourceFormat = SourceFormat.AUTO,
                kind: SourceKind = SourceKind.PAIRS, limit: int | None = None) -> ReadResult:
-    """Read existing preference pairs (plain, TRL implicit-prompt, or HH transcripts) into a pair table."""
+    """Read existing preference pairs (plain, TRL implicit-prompt, HH transcripts, or the best and worst
+    of a row's scored completions) into a pair table."""
     columns, kind = columns or ColumnMap(), SourceKind(kind)
+    if kind == SourceKind.COMPLETIONS:
+        return _read(path, fmt, limit, "read", lambda rec, file, stem, i: completions_record(rec, columns, file, stem, i),
+                     pair_schema(COMPLETIONS_METADATA_TYPE), columns)
     return _read(path, fmt, limit, "read",
                  lambda rec, file, stem, i: pair_record(rec, columns, kind, file, stem, i),
                  pair_schema(INPUT_METADATA_TYPE), columns)

@@ -21,18 +21,20 @@ from prefdata.scorers.base import (
     Scorer,
     ScoreResult,
 )
+from prefdata.scorers.flr import FLRConfig, FLRScorer
 from prefdata.scorers.implicit_reward import ImplicitReward, ImplicitRewardConfig
 from prefdata.scorers.judge import JudgeConfig, PointwiseJudge
 from prefdata.scorers.pairwise_judge import PairwiseJudge, PairwiseJudgeConfig
 from prefdata.scorers.reward_model import RewardModelConfig, RewardModelScorer
 from prefdata.scorers.verifier import MathVerifier, VerifierConfig
 
-ScorerConfig = Annotated[Union[JudgeConfig, VerifierConfig, RewardModelConfig, ImplicitRewardConfig,  # noqa: UP007
-                               PairwiseJudgeConfig], Field(discriminator="type")]
+ScorerConfig = Annotated[Union[JudgeConfig, VerifierConfig, FLRConfig, RewardModelConfig,  # noqa: UP007
+                               ImplicitRewardConfig, PairwiseJudgeConfig], Field(discriminator="type")]
 
 _SCORERS: dict[str, type[Scorer] | type[PairScorer]] = {
     "judge": PointwiseJudge,
     "verifier": MathVerifier,
+    "flr": FLRScorer,
     "reward_model": RewardModelScorer,
     "implicit_reward": ImplicitReward,
     "pairwise_judge": PairwiseJudge,
@@ -60,7 +62,7 @@ def make_pair_scorer(config: BaseModel) -> PairScorer:
     return scorer if isinstance(scorer, PairScorer) else PointwisePairs(scorer)
 
 
-__all__ = ["ImplicitReward", "ImplicitRewardConfig", "JudgeConfig", "MathVerifier", "PairBatch", "PairScoreResult",
+__all__ = ["FLRConfig", "FLRScorer", "ImplicitReward", "ImplicitRewardConfig", "JudgeConfig", "MathVerifier", "PairBatch", "PairScoreResult",
            "PairScorer", "PairwiseJudge", "PairwiseJudgeConfig", "PointwiseJudge", "PointwisePairs",
            "RewardModelConfig", "RewardModelScorer", "ScoreBatch", "ScoreResult", "Scorer", "ScorerConfig",
            "VerifierConfig", "make_any_scorer", "make_pair_scorer", "make_scorer"]

@@ -533,3 +533,48 @@ def test_rejects_carry_row_id_and_mapped_id_field(tmp_path):
     assert result.table.column("id").to_pylist() == ["k1"]
     assert [(r.reason.value, r.field, r.row_id) for r in result.rejects] == [
         ("duplicate_id", "key", "k1"), ("empty_text", "q", "k2")]
+
+
+# --- kind = "completions": a prompt and a list of scored completions --------------------------
+
+COMPLETION_COLUMNS = dict(prompt="instruction", completion_text="output", completion_score="preference")
+
+
+def test_completions_best_vs_worst_and_rejects(fixtures_dir):
+    from prefdata.schemas import ColumnMap
+
+    result = read_pairs(fixtures_dir / "completions_small.jsonl", ColumnMap(**COMPLETION_COLUMNS), kind="completions")
+    rows = {r["prompt_id"]: r for r in result.table.to_pylist()}
+    assert set(rows) == {"c1", "c6"}
+    c1 = rows["c1"]
+    assert c1["prompt"] == [{"role": "user", "content": "Name a colour."}]
+    assert (c1["chosen"][0]["content"], c1["rejected"][0]["content"]) == ("Red is a colour.", "Banana.")
+    assert (c1["chosen_score"], c1["rejected_score"], c1["margin"]) == (1.75, 1.0, 0.75)
+    assert c1["metadata"] == {"source_file": "completions_small.jsonl", "source_row": 0, "n_completions": 3,
+                              "n_scored": 3, "chosen_index": 1, "rejected_index": 2}
+    # duplicate texts count once (the first kept): "Oak." at 1.1 vs "Pine." at 1.4
+    assert (rows["c6"]["chosen"][0]["content"], rows["c6"]["rejected"][0]["content"]) == ("Pine.", "Oak.")
+    rejects = {(r.row_id, r.reason, r.field) for r in result.rejects}
+    assert rejects == {
+        ("c2", RejectReason.NO_PAIR, "completions"),  # tie
+        ("c3", RejectReason.NO_PAIR, "completions"),  # one scored, non-empty completion
+        ("c4", RejectReason.WRONG_TYPE, "preference"),
+        ("c5", RejectReason.WRONG_TYPE, "completions"),
+    }
+    assert {r.row: r.row_id for r in result.rejects}[1] == "c2"
+
+
+@pytest.mark.realdata
+def test_completions_reads_oasst_ranks(shared_data):
+    from prefdata.schemas import ColumnMap
+
+    columns = ColumnMap(prompt="prompt.text", completions="prompt.replies", completion_text="text",
+                        completion_score="rank", lower_score_is_better=True)
+    result = read_pairs(shared_data / "oasst_trees_70.jsonl", columns, kind="completions")
+    trees = {t["id"]: t for t in map(json.loads, (shared_data / "oasst_trees_70.jsonl").open())}
+    assert result.table.num_rows == 69 and [r.reason for r in result.rejects] == [RejectReason.NO_PAIR]
+    for row in result.table.to_pylist():
+        replies = trees[row["prompt_id"]]["prompt"]["replies"]
+        ranks = {r["text"]: r["rank"] for r in replies}
+        assert ranks[row["chosen"][0]["content"]] == 0 and row["chosen_score"] == 0.0
+        assert ranks[row["rejected"][0]["content"]] == max(ranks.values()) == -row["rejected_score"]
