@@ -10,13 +10,19 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from prefdata.generators.hindsight import HindsightConfig, HindsightGenerator
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
+from prefdata.generators.rationale import RationaleConfig, RationaleStage
+from prefdata.generators.rise import RiseConfig, RiseGenerator
 from prefdata.pipeline.stage import Stage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),
     "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
+    "rise": (RiseConfig, RiseGenerator),
+    "rationale": (RationaleConfig, RationaleStage),
+    "hindsight": (HindsightConfig, HindsightGenerator),
 }
 
 
