@@ -174,3 +174,17 @@ def test_real_engine_sampled_prompts_end_to_end(hf_engine, shared_data, tmp_path
         assert all(1 <= meta[k] <= 5 for k in ("chosen_immediate", "rejected_immediate"))
         assert meta["flipped"] == (meta["chosen_immediate"] < meta["rejected_immediate"])
     dpo_one_step(result.dataset, hf_engine.tokenizer, tmp_path, max_length=1024)
+
+
+@pytest.mark.realdata
+def test_recipe_as_shipped_runs_on_vllm(vllm_engine, shared_data, tmp_path):
+    from prefdata.build import run_build
+
+    from ..conftest import REPO
+
+    result = run_build(REPO / "examples" / "hindsight.toml", input=shared_data / "hh_rlhf_harmless_test_1312.jsonl",
+                       limit=3, output=tmp_path / "out", engines={"policy": vllm_engine})
+    stage = result.stats["stages"][0]
+    assert stage["rows_in"] == 3 and stage["rows_out"] + sum(stage["drops"].values()) == 3
+    for row in result.dataset.to_list():
+        assert row["metadata"]["response_source"] == "given" and row["metadata"]["chosen_outcome"]

@@ -137,3 +137,32 @@ def test_real_engine_on_hh_pairs_trains_in_trl(hf_engine, shared_data, tmp_path)
         assert row["rationale_chosen_prob"] > 0.5
     if rows:
         dpo_one_step(result.dataset, hf_engine.tokenizer, tmp_path, max_length=2048)
+
+
+@pytest.mark.realdata
+def test_recipe_as_shipped_runs_on_vllm(vllm_engine, shared_data, tmp_path):
+    from prefdata.build import run_build
+
+    from ..conftest import REPO
+
+    result = run_build(REPO / "examples" / "rationales_hh.toml", input=shared_data / "hh_rlhf_harmless_test_1312.jsonl",
+                       limit=3, output=tmp_path / "out", engines={"policy": vllm_engine})
+    stage = result.stats["stages"][0]
+    assert stage["rows_in"] == 3 and stage["rows_out"] + sum(stage["drops"].values()) == 3
+    assert stage["counters"]["order_chosen_first"] + stage["counters"]["order_rejected_first"] == 3
+
+
+def test_stages_compose_after_any_pair_source():
+    from prefdata.generators.hindsight import HindsightGenerator
+    from prefdata.generators.on_policy import OnPolicyGenerator
+    from prefdata.generators.rise import RiseGenerator
+    from prefdata.pipeline.stage import check_chain
+    from prefdata.schemas.pair import PROMPT_SCHEMA
+
+    prompt_columns, pair_columns = PROMPT_SCHEMA.names, _pairs(1).column_names
+    for chain, columns in (([RiseGenerator(), RationaleStage()], prompt_columns),
+                           ([OnPolicyGenerator(), HindsightGenerator(), RationaleStage()], prompt_columns),
+                           ([RationaleStage(), HindsightGenerator()], pair_columns),
+                           ([HindsightGenerator()], prompt_columns)):
+        out = check_chain(chain, columns)
+        assert {"id", "prompt", "chosen", "rejected"} <= set(out)

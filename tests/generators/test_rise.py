@@ -237,3 +237,19 @@ def test_real_engine_five_gsm8k_questions_end_to_end(hf_engine, shared_data, tmp
             assert row["chosen"][0]["content"][: meta["prefix_chars"]] == row["rejected"][0]["content"][: meta["prefix_chars"]]
             assert meta["edit_spans"] and meta["error_type"] in {t.value for t in edits.ErrorType}
     dpo_one_step(result.dataset, hf_engine.tokenizer, tmp_path, max_length=1024)  # TRL trains on it unchanged
+
+
+@pytest.mark.realdata
+def test_recipe_as_shipped_runs_on_vllm(vllm_engine, shared_data, tmp_path):
+    """examples/rise_gsm8k.toml unchanged (its vLLM engine, sampling, fallback) on 2 questions."""
+    from prefdata.build import run_build
+
+    from ..conftest import REPO
+
+    result = run_build(REPO / "examples" / "rise_gsm8k.toml", input=shared_data / "gsm8k_test_300.jsonl", limit=2,
+                       output=tmp_path / "out", engines={"policy": vllm_engine})
+    stage = result.stats["stages"][0]
+    assert stage["rows_in"] == 2 and stage["counters"]["samples"] == 10 and stage["counters"]["edits_attempted"] == 4
+    assert stage["counters"]["edits_accepted"] + sum(v for k, v in stage["drops"].items() if k.startswith("edit_")) == 4
+    rows = result.dataset.to_list()
+    assert {r["metadata"]["pair_type"] for r in rows} >= {"full_solution"}  # the fallback makes a chosen side
