@@ -11,8 +11,11 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field
 
 from prefdata.generators.flr import FLRPairsConfig, FLRPairsGenerator
+from prefdata.generators.hindsight import HindsightConfig, HindsightGenerator
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
+from prefdata.generators.rationale import RationaleConfig, RationaleStage
 from prefdata.generators.reward_augmented import RewardAugmentedConfig, RewardAugmentedGenerator
+from prefdata.generators.rise import RiseConfig, RiseGenerator
 from prefdata.pipeline.stage import Stage
 from prefdata.scorers.ensemble import ScoreConfig, ScoreStage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
@@ -23,6 +26,9 @@ STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "reward_augmented": (RewardAugmentedConfig, RewardAugmentedGenerator),
     "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
     "score": (ScoreConfig, ScoreStage),
+    "rise": (RiseConfig, RiseGenerator),
+    "rationale": (RationaleConfig, RationaleStage),
+    "hindsight": (HindsightConfig, HindsightGenerator),
 }
 
 

@@ -91,6 +91,23 @@ class RejectReason(str, Enum):
     TIED_SCORES = "tied_scores"  # chosen and rejected have the same score: no preference to keep
     CHOSEN_SCORED_LOWER = "chosen_scored_lower"  # the scores contradict the chosen/rejected labels
     SCORE_OUT_OF_RANGE = "score_out_of_range"  # a score outside the range a stage was told to expect
+    # RISE (prefdata/generators/rise.py)
+    NO_CORRECT_SOLUTION = "no_correct_solution"  # rise: no verified correct solution to pair or edit (and no fallback)
+    NO_STEPS = "no_steps"  # rise: the correct solution has no "Step N:" to edit
+    EDIT_TRUNCATED = "edit_truncated"  # rise: the edit hit max_tokens before closing its fenced block
+    EDIT_EMPTY = "edit_empty"  # rise: the fenced block is empty
+    EDIT_GIVEAWAY = "edit_giveaway"  # rise: the edit says it is wrong ("incorrect", "mistakenly", ...)
+    EDIT_UNCHANGED = "edit_unchanged"  # rise: the edit is the original text
+    EDIT_TOO_LARGE = "edit_too_large"  # rise: normalised edit distance above max_edit_distance
+    EDIT_NO_ERROR = "edit_no_error"  # rise: the edit changes no calculation (or keeps the right final answer)
+    # Rationales (prefdata/generators/rationale.py)
+    RATIONALE_EMPTY = "rationale_empty"  # rationale: empty or cut off at max_tokens
+    RATIONALE_WRONG_SIDE = "rationale_wrong_side"  # rationale: its conclusion favours the rejected response
+    RATIONALE_NO_VERDICT = "rationale_no_verdict"  # rationale: the conclusion judge put no mass on either side
+    # RLHS hindsight (prefdata/generators/hindsight.py)
+    HINDSIGHT_NULL_RATING = "hindsight_null_rating"  # hindsight: a hindsight rating is null (no rating mass)
+    HINDSIGHT_TIE = "hindsight_tie"  # hindsight: both responses got the same hindsight rating
+    EMPTY_RESPONSE = "empty_response"  # a sampled response is empty
 
 
 class ScoreError(str, Enum):
