@@ -103,6 +103,9 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     rejects = source.rejects + result.rejects
     write_parquet_atomic(rejects_table(rejects), out_dir / REJECTS_FILE)
     stats = _stats(recipe, source, result, engine_ids, setup_seconds, time.perf_counter() - started)
+    estimates = combined_estimates(stages, result)
+    if estimates:
+        stats["estimates"] = estimates
     write_bytes_atomic(json.dumps(recipe.resolved(), indent=2).encode(), out_dir / RECIPE_FILE)
     write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
     built = BuildResult(out_dir=out_dir, stats=stats)
@@ -116,6 +119,15 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
 def build(recipe: Recipe | str | Path | dict, **kwargs: Any):
     """Run a recipe and return its pairs as a `datasets.Dataset` (see `run_build` for options)."""
     return run_build(recipe, **kwargs).dataset
+
+
+def combined_estimates(stages, result: ExecutionResult) -> dict[str, Any]:
+    """stats.json `estimates`: each stage's shard estimates combined by the stage; a later stage's
+    key replaces an earlier one's (e.g. `flip_rate`, read by the trainer's `--epsilon auto`)."""
+    estimates: dict[str, Any] = {}
+    for stage, stage_stats in zip(stages, result.stats):
+        estimates.update(stage.combine_estimates(stage_stats.estimates))
+    return estimates
 
 
 def _remove_stale_shards(out_dir: Path, result: ExecutionResult) -> None:

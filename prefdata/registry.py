@@ -10,13 +10,19 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from prefdata.filters.noise import NoiseConfig, NoiseFilter
+from prefdata.filters.voting import VotingConfig, VotingFilter
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
 from prefdata.pipeline.stage import Stage
+from prefdata.scorers.embedding_rm import EmbeddingRMConfig, EmbeddingRMStage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),
     "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
+    "embedding_rm": (EmbeddingRMConfig, EmbeddingRMStage),
+    "voting": (VotingConfig, VotingFilter),
+    "noise": (NoiseConfig, NoiseFilter),
 }
 
 

@@ -74,6 +74,9 @@ class RejectReason(str, Enum):
     NO_PAIR = "no_pair"
     SEQUENCE_TOO_LONG = "sequence_too_long"  # trainer: prompt + response longer than max_length (never truncated)
     BAD_EDIT_SPANS = "bad_edit_spans"  # trainer: metadata.edit_spans that do not fit the response text
+    INCORRECT_PREFERENCE = "incorrect_preference"  # voting: lowest-strength bucket, configured to drop
+    AMBIGUOUS_PREFERENCE = "ambiguous_preference"  # voting: near-zero-strength bucket, configured to drop
+    NORMAL_PREFERENCE = "normal_preference"  # voting: the `normal` bucket, configured to drop
 
 
 class ScoreError(str, Enum):
@@ -86,6 +89,7 @@ class ScoreError(str, Enum):
     UNPARSEABLE_VERDICT = "unparseable_verdict"  # judge (text mode): no rating in the generated text
     EMPTY_RESPONSE = "empty_response"
     TRUNCATED = "truncated"  # input longer than the scorer's context
+    TOO_FEW_TRAINING_PAIRS = "too_few_training_pairs"  # embedding RM: no head trained for this fold
 
 
 class LossType(str, Enum):
