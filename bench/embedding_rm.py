@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--hidden", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     embedder = TextEmbedder()
     rows = [evaluate("hh_rlhf_harmless_test_1312", hh_pairs(), embedder, args),

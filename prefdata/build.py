@@ -2,7 +2,8 @@
 
 The output folder holds `data/train-*.parquet` (the pairs), `rejects.parquet` (every row set
 aside, with stage, file, row, field and reason), `recipe.json` (the resolved recipe) and
-`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used).
+`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used, and the
+dataset-level `estimates` stages contribute, e.g. `estimates.flip_rate` from the noise filter).
 """
 
 from __future__ import annotations
