@@ -25,7 +25,8 @@ contract (`prefdata.train.config.FlipRate`), every estimator's result under `est
 **Decisions.**
 - Estimates are clipped to [0, 0.499] (the rDPO loss needs eps < 1/2) and the interval is widened
   to contain the point estimate.
-- Pairs with no member margin are left out of every estimator and get a null `flip_prob`.
+- Pairs with no member margin are left out of every estimator and get a null `flip_prob`; a table
+  with no scored pair contributes no estimate (never an epsilon of 0 from nothing).
 - The estimate is over the table the stage receives (one shard in a build): set
   `output.shard_size` to at least the input's rows for one estimate over the whole input. With
   several shards the shards' estimates are averaged weighted by their pairs, and the per-shard
@@ -223,7 +224,8 @@ class NoiseFilter(Stage):
         out = table.set_column(table.schema.get_field_index(FLIP_PROB), FLIP_PROB, column) \
             if FLIP_PROB in table.column_names else table.append_column(FLIP_PROB, column)
         counters = {"noise_pairs_estimated": estimate["n"], "noise_pairs_unscored": table.num_rows - estimate["n"]}
-        return StageOutput(out, [], counters, estimates={"flip_rate": estimate})
+        # no scored pair: no estimate at all (an epsilon of 0 from nothing would mislead the trainer)
+        return StageOutput(out, [], counters, estimates={"flip_rate": estimate} if estimate["n"] else {})
 
     def combine_estimates(self, shards: list[dict[str, Any]]) -> dict[str, Any]:
         if len(shards) <= 1:

@@ -126,3 +126,8 @@ def test_estimate_rises_with_injected_flips_in_real_pairs(shared_data):
 
 
 N_INJECT = 400
+
+
+def test_no_scored_pair_gives_no_estimate():
+    out = NoiseFilter(NoiseConfig(bootstrap=10)).process(_table([[], [None]]), BuildContext(engines=EnginePool({})))
+    assert out.estimates == {} and out.table.column("flip_prob").to_pylist() == [None, None]
