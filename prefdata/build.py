@@ -2,7 +2,8 @@
 
 The output folder holds `data/train-*.parquet` (the pairs), `rejects.parquet` (every row set
 aside, with stage, file, row, field and reason), `recipe.json` (the resolved recipe) and
-`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used).
+`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used, and the
+dataset-level `estimates` stages contribute, e.g. `estimates.flip_rate` from the noise filter).
 Build state lives in `.prefdata/` (stage checkpoints per shard, the request cache): run the same
 command again after a crash and it resumes (`prefdata.pipeline.checkpoint`, `prefdata.engines.cache`).
 """
@@ -110,6 +111,9 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     stats["resumed"] = result.resumed
     stats["request_cache"] = outcome.request_cache
     stats["executor"] = recipe.executor.kind.value
+    estimates = combined_estimates(stages, result)
+    if estimates:
+        stats["estimates"] = estimates
     write_bytes_atomic(json.dumps(recipe.resolved(), indent=2).encode(), out_dir / RECIPE_FILE)
     write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
     built = BuildResult(out_dir=out_dir, stats=stats)
@@ -123,6 +127,15 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
 def build(recipe: Recipe | str | Path | dict, **kwargs: Any):
     """Run a recipe and return its pairs as a `datasets.Dataset` (see `run_build` for options)."""
     return run_build(recipe, **kwargs).dataset
+
+
+def combined_estimates(stages, result: ExecutionResult) -> dict[str, Any]:
+    """stats.json `estimates`: each stage's shard estimates combined by the stage; a later stage's
+    key replaces an earlier one's (e.g. `flip_rate`, read by the trainer's `--epsilon auto`)."""
+    estimates: dict[str, Any] = {}
+    for stage, stage_stats in zip(stages, result.stats):
+        estimates.update(stage.combine_estimates(stage_stats.estimates))
+    return estimates
 
 
 def _remove_stale_shards(out_dir: Path, result: ExecutionResult) -> None:

@@ -188,6 +188,10 @@ def _estimates_section(stats: dict[str, Any]) -> list[str]:
             interval = est.get("interval")
             span = f", interval [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
             out.append(f"- Estimated flip rate ε = {_fmt(est.get('epsilon'))}{span} (method: {est.get('method', '?')}).")
+            for name, other in (est.get("estimators") or {}).items():  # every estimator the noise filter ran
+                bounds = other.get("interval")
+                value = _fmt(other["epsilon"]) if other.get("epsilon") is not None else f"n/a ({other.get('error', '')})"
+                out.append(f"  - `{name}`: ε = {value}" + (f", interval [{_fmt(bounds[0])}, {_fmt(bounds[1])}]" if bounds else ""))
         out.append("- A robust DPO loss (cDPO / rDPO) can take ε as its label-noise rate.")
     consistency = list(_find_key(stats, "position_consisten"))
     if consistency:

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from prefdata.filters.noise import NoiseConfig, NoiseFilter
+from prefdata.filters.voting import VotingConfig, VotingFilter
 from prefdata.generators.flr import FLRPairsConfig, FLRPairsGenerator
 from prefdata.generators.hindsight import HindsightConfig, HindsightGenerator
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
@@ -17,6 +19,7 @@ from prefdata.generators.rationale import RationaleConfig, RationaleStage
 from prefdata.generators.reward_augmented import RewardAugmentedConfig, RewardAugmentedGenerator
 from prefdata.generators.rise import RiseConfig, RiseGenerator
 from prefdata.pipeline.stage import Stage
+from prefdata.scorers.embedding_rm import EmbeddingRMConfig, EmbeddingRMStage
 from prefdata.scorers.ensemble import ScoreConfig, ScoreStage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 
@@ -29,6 +32,9 @@ STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "rise": (RiseConfig, RiseGenerator),
     "rationale": (RationaleConfig, RationaleStage),
     "hindsight": (HindsightConfig, HindsightGenerator),
+    "embedding_rm": (EmbeddingRMConfig, EmbeddingRMStage),
+    "voting": (VotingConfig, VotingFilter),
+    "noise": (NoiseConfig, NoiseFilter),
 }
 
 

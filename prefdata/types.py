@@ -108,6 +108,9 @@ class RejectReason(str, Enum):
     HINDSIGHT_NULL_RATING = "hindsight_null_rating"  # hindsight: a hindsight rating is null (no rating mass)
     HINDSIGHT_TIE = "hindsight_tie"  # hindsight: both responses got the same hindsight rating
     EMPTY_RESPONSE = "empty_response"  # a sampled response is empty
+    INCORRECT_PREFERENCE = "incorrect_preference"  # voting: lowest-strength bucket, configured to drop
+    AMBIGUOUS_PREFERENCE = "ambiguous_preference"  # voting: near-zero-strength bucket, configured to drop
+    NORMAL_PREFERENCE = "normal_preference"  # voting: the `normal` bucket, configured to drop
 
 
 class ScoreError(str, Enum):
@@ -121,6 +124,7 @@ class ScoreError(str, Enum):
     EMPTY_RESPONSE = "empty_response"
     TRUNCATED = "truncated"  # input longer than the scorer's context
     POSITION_INCONSISTENT = "position_inconsistent"  # pairwise judge: the two orders disagree (consistent mode)
+    TOO_FEW_TRAINING_PAIRS = "too_few_training_pairs"  # embedding RM: no head trained for this fold
 
 
 class LossType(str, Enum):

@@ -21,7 +21,6 @@ a distributed one calls it in its workers with the same `Checkpoints`.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +122,7 @@ class Checkpoints:
         meta = json.loads(meta_path.read_text())
         if meta.get("key") != key:
             return None
-        stats = StageStats(stage, rows_in=meta["rows_in"], rows_out=meta["rows_out"], drops=Counter(meta["drops"]),
-                           counters=Counter(meta["counters"]), seconds=meta["seconds"])
+        stats = StageStats.from_record(meta, name=stage)
         rejects = _rejects_from_table(pq.read_table(base.with_suffix(".rejects.parquet")))
         self.used.update(base.with_suffix(s) for s in (".json", ".parquet", ".rejects.parquet"))
         return StageCheckpoint(stats, rejects, base.with_suffix(".parquet"))
@@ -133,7 +131,7 @@ class Checkpoints:
         base = self._base(position, stage, index, key)
         write_parquet_atomic(out.table, base.with_suffix(".parquet"))
         write_parquet_atomic(rejects_table(out.rejects), base.with_suffix(".rejects.parquet"))
-        meta = {"key": key, **stats.as_dict(), "seconds": stats.seconds}
+        meta = {"key": key, **stats.to_record()}
         write_bytes_atomic(json.dumps(meta, sort_keys=True).encode(), base.with_suffix(".json"))  # the commit
         self.used.update(base.with_suffix(s) for s in (".json", ".parquet", ".rejects.parquet"))
 

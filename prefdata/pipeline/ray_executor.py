@@ -83,12 +83,11 @@ def from_ipc(data: bytes) -> pa.Table:
 
 
 def stats_to_dict(stats: StageStats) -> dict[str, Any]:
-    return {**stats.as_dict(), "seconds": stats.seconds}
+    return stats.to_record()
 
 
 def stats_from_dict(data: dict[str, Any]) -> StageStats:
-    return StageStats(data["name"], rows_in=data["rows_in"], rows_out=data["rows_out"], drops=Counter(data["drops"]),
-                      counters=Counter(data["counters"]), seconds=data["seconds"])
+    return StageStats.from_record(data)
 
 
 class RunningShards:

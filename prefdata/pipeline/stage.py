@@ -35,6 +35,7 @@ class StageStats:
     drops: Counter = field(default_factory=Counter)
     counters: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    estimates: list[dict[str, Any]] = field(default_factory=list)  # one entry per shard that made any
 
     def merge(self, other: StageStats) -> StageStats:
         self.rows_in += other.rows_in
@@ -42,6 +43,7 @@ class StageStats:
         self.drops.update(other.drops)
         self.counters.update(other.counters)
         self.seconds += other.seconds
+        self.estimates.extend(other.estimates)
         return self
 
     def rates(self) -> dict[str, float]:
@@ -62,12 +64,26 @@ class StageStats:
             out["rates"] = rates
         return out
 
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to rebuild these stats (checkpoints, Ray workers): `as_dict` plus the
+        unrounded seconds and the shard estimates, so a resumed or remote shard loses nothing."""
+        return {**self.as_dict(), "seconds": self.seconds, "estimates": self.estimates}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], name: str | None = None) -> StageStats:
+        return cls(name or data["name"], rows_in=data["rows_in"], rows_out=data["rows_out"],
+                   drops=Counter(data["drops"]), counters=Counter(data["counters"]), seconds=data["seconds"],
+                   estimates=list(data.get("estimates", [])))
+
 
 @dataclass
 class StageOutput:
     table: pa.Table
     rejects: list[Reject] = field(default_factory=list)
     counters: Counter = field(default_factory=Counter)
+    # Dataset-level estimates (e.g. {"flip_rate": {...}}): the build combines the shards' entries with
+    # `Stage.combine_estimates` and writes them under stats.json `estimates`.
+    estimates: dict[str, Any] = field(default_factory=dict)
 
 
 class Stage(ABC):
@@ -102,12 +118,20 @@ class Stage(ABC):
             return list(self.adds)
         return list(input_columns) + [c for c in self.adds if c not in input_columns]
 
+    def combine_estimates(self, shards: list[dict[str, Any]]) -> dict[str, Any]:
+        """One dataset-level value per key from the shards' estimates. One shard: as it is; several: a
+        list per key (a stage whose estimates combine, e.g. by row-weighted averaging, overrides this)."""
+        if len(shards) <= 1:
+            return dict(shards[0]) if shards else {}
+        keys = dict.fromkeys(k for shard in shards for k in shard)
+        return {k: [shard[k] for shard in shards if k in shard] for k in keys}
+
     def run(self, table: pa.Table, ctx: BuildContext) -> tuple[StageOutput, StageStats]:
         start = time.perf_counter()
         out = self.process(table, ctx)
         stats = StageStats(self.name, rows_in=table.num_rows, rows_out=out.table.num_rows,
                            drops=Counter(r.reason.value for r in out.rejects), counters=Counter(out.counters),
-                           seconds=time.perf_counter() - start)
+                           seconds=time.perf_counter() - start, estimates=[out.estimates] if out.estimates else [])
         return out, stats
 
 

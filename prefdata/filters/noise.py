@@ -1,0 +1,244 @@
+"""Label-noise flip rate: the share epsilon of pairs whose preference label is flipped, with an interval.
+
+The robust DPO losses need epsilon: cDPO (1-eps) ell(h) + eps ell(-h) and rDPO
+[(1-eps) ell(h) - eps ell(-h)] / (1-2eps) (Chowdhury et al. 2024, *Provably Robust DPO*, arXiv
+2403.00409), whose paper assumes epsilon is known. prefdata estimates it from the ensemble's
+member margins d_im (`member_margins`; strength mu_i = mean_m d_im, sigma_i the population std,
+as in the voting filter, Wang et al. 2024, arXiv 2401.06080):
+
+* `sign` (strength-sign share, tightened by the std): hi = share(mu_i < 0), an upper bound that
+  also counts pairs the ensemble merely gets wrong; lo = share(mu_i < -z sigma_i), pairs the
+  members agree are reversed; epsilon = (lo + hi) / 2.
+* `mixture`: a two-component Gaussian mixture on mu with mirrored means,
+  mu ~ (1 - eps) N(m, s^2) + eps N(-m, s^2), fitted by EM (a flipped pair's margins are its clean
+  margins negated, so the flipped component mirrors the clean one). Interval: percentile
+  bootstrap over pairs. The per-pair posterior of the mirrored component is the `flip_prob` column.
+* `moments` (when a gold subset with known labels is given): the ensemble's vote sign(mu) is a
+  judge; its accuracy a on the gold pairs and its agreement A with the dataset's labels give
+  A = a(1 - eps) + (1 - a) eps, so eps = (a - A) / (2a - 1) (needs a > 1/2). Interval: bootstrap
+  over gold and dataset pairs together.
+
+stats.json gets `estimates.flip_rate = {"epsilon", "interval", "method", "n", "estimators"}`:
+the primary estimate (`method`, default `moments` with gold, else `mixture`) in the trainer's
+contract (`prefdata.train.config.FlipRate`), every estimator's result under `estimators`.
+
+**Decisions.**
+- Estimates are clipped to [0, 0.499] (the rDPO loss needs eps < 1/2) and the interval is widened
+  to contain the point estimate.
+- Pairs with no member margin are left out of every estimator and get a null `flip_prob`; a table
+  with no scored pair contributes no estimate (never an epsilon of 0 from nothing).
+- The estimate is over the table the stage receives (one shard in a build): set
+  `output.shard_size` to at least the input's rows for one estimate over the whole input. With
+  several shards the shards' estimates are averaged weighted by their pairs, and the per-shard
+  values are kept under `shards`.
+- Gold labels come from a file (`gold_path`, JSONL or Parquet) of rows `{key, correct}`: `key`
+  names the pair's `prompt_id` (the source row id for input pairs) or `id`; `correct` is true
+  when the dataset's chosen really is the better response. Joined on the key, never on text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+from prefdata.filters.voting import MEMBER_MARGINS, STRENGTH_MEAN, STRENGTH_STD, strength
+from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.schemas.errors import InputError
+
+CITATION = """@inproceedings{chowdhury2024provably,
+  title={Provably Robust DPO: Aligning Language Models with Noisy Feedback},
+  author={Chowdhury, Sayak Ray and Kini, Anush and Natarajan, Nagarajan},
+  booktitle={Proceedings of the 41st International Conference on Machine Learning},
+  year={2024},
+  note={arXiv:2403.00409}
+}"""
+FLIP_PROB = "flip_prob"
+MAX_EPSILON = 0.499
+Estimator = Literal["sign", "mixture", "moments"]
+
+
+class NoiseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["noise"] = "noise"
+    column: str = Field(MEMBER_MARGINS, description="List column of per-member margins d_m")
+    method: Literal["auto", "sign", "mixture", "moments"] = Field(
+        "auto", description="Primary estimate written as estimates.flip_rate (auto: moments with gold, else mixture)")
+    z: float = Field(1.0, ge=0, description="sign: a pair counts as confidently flipped when mu < -z * sigma")
+    bootstrap: int = Field(200, ge=10, le=10000, description="Bootstrap resamples for the intervals")
+    level: float = Field(0.95, gt=0, lt=1, description="Interval coverage")
+    gold_path: Path | None = Field(None, description="Gold labels: JSONL/Parquet rows {key, correct} (enables `moments`)")
+    gold_key: Literal["prompt_id", "id"] = Field("prompt_id", description="Pair column the gold file's `key` matches")
+    seed: int = Field(0, description="Seed of the bootstrap")
+
+
+def _bounded(eps: float, lo: float, hi: float) -> dict[str, Any]:
+    eps = float(np.clip(eps, 0.0, MAX_EPSILON))
+    lo, hi = float(np.clip(lo, 0.0, MAX_EPSILON)), float(np.clip(hi, 0.0, MAX_EPSILON))
+    return {"epsilon": round(eps, 6), "interval": [round(min(lo, eps), 6), round(max(hi, eps), 6)]}
+
+
+def sign_estimate(mu: np.ndarray, sigma: np.ndarray, z: float = 1.0) -> dict[str, Any]:
+    hi = float(np.mean(mu < 0)) if len(mu) else 0.0
+    lo = float(np.mean(mu < -z * sigma)) if len(mu) else 0.0
+    return {**_bounded((lo + hi) / 2, lo, hi), "method": "sign"}
+
+
+def fit_mirrored_mixture(mu: np.ndarray, iterations: int = 200, tol: float = 1e-8) -> tuple[float, float, float, np.ndarray]:
+    """EM for (1 - eps) N(m, s^2) + eps N(-m, s^2); returns eps, m, s and the posteriors of N(-m, s^2)."""
+    mu = np.asarray(mu, dtype=float)
+    if len(mu) == 0:
+        return 0.0, 0.0, 1.0, np.zeros(0)
+    m = float(np.mean(np.abs(mu))) or 1e-6
+    s = float(np.std(mu)) or 1e-6
+    eps = 0.25
+    for _ in range(iterations):
+        # log-densities of the two components (the shared normaliser cancels)
+        clean = -((mu - m) ** 2) / (2 * s * s)
+        flipped = -((mu + m) ** 2) / (2 * s * s)
+        logit = np.log(max(eps, 1e-12)) - np.log(max(1 - eps, 1e-12)) + flipped - clean
+        r = 1.0 / (1.0 + np.exp(-np.clip(logit, -500, 500)))
+        new_eps = float(np.mean(r))
+        m = float(np.mean((1 - 2 * r) * mu))
+        s = float(np.sqrt(np.mean((1 - r) * (mu - m) ** 2 + r * (mu + m) ** 2))) or 1e-6
+        done = abs(new_eps - eps) < tol
+        eps = new_eps
+        if done:
+            break
+    if m < 0:  # the "clean" component is the lower one: relabel so eps is the mirrored share
+        m, eps, r = -m, 1 - eps, 1 - r
+    return eps, m, s, r
+
+
+def _percentiles(values: list[float], level: float) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def mixture_estimate(mu: np.ndarray, bootstrap: int = 200, level: float = 0.95, seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
+    eps, m, s, posterior = fit_mirrored_mixture(mu)
+    rng = np.random.default_rng(seed)
+    draws = [fit_mirrored_mixture(mu[rng.integers(0, len(mu), len(mu))])[0] for _ in range(bootstrap)] if len(mu) else [0.0]
+    lo, hi = _percentiles(draws, level)
+    return {**_bounded(eps, lo, hi), "method": "mixture", "component_mean": round(m, 6), "component_std": round(s, 6)}, posterior
+
+
+def moments_point(vote_gold: np.ndarray, correct: np.ndarray, vote_all: np.ndarray) -> tuple[float | None, float, float]:
+    """eps = (a - A) / (2a - 1): a = judge accuracy on gold, A = judge agreement with the dataset labels."""
+    a = float(np.mean(vote_gold == correct))
+    agreement = float(np.mean(vote_all))
+    return ((a - agreement) / (2 * a - 1) if a > 0.5 else None), a, agreement
+
+
+def moments_estimate(mu: np.ndarray, gold_mu: np.ndarray, correct: np.ndarray, bootstrap: int = 200,
+                     level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    vote_all, vote_gold = mu > 0, gold_mu > 0
+    eps, a, agreement = moments_point(vote_gold, correct, vote_all)
+    info = {"method": "moments", "gold_pairs": int(len(gold_mu)), "judge_accuracy": round(a, 6),
+            "agreement": round(agreement, 6)}
+    if eps is None:
+        return {**info, "epsilon": None, "interval": None,
+                "error": f"the ensemble's accuracy on the gold pairs is {a:.3f}; moments needs it above 0.5"}
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(bootstrap):
+        g = rng.integers(0, len(gold_mu), len(gold_mu))
+        d = rng.integers(0, len(mu), len(mu))
+        value = moments_point(vote_gold[g], correct[g], vote_all[d])[0]
+        if value is not None:
+            draws.append(value)
+    lo, hi = _percentiles(draws, level) if draws else (eps, eps)
+    return {**info, **_bounded(eps, lo, hi)}
+
+
+def read_gold(path: Path) -> pl.DataFrame:
+    if not path.is_file():
+        raise InputError(str(path), "gold label file not found")
+    frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_ndjson(path)
+    for name in ("key", "correct"):
+        if name not in frame.columns:
+            raise InputError(str(path), f"gold rows need 'key' and 'correct'; columns are {frame.columns}", field=name)
+    if frame.schema["correct"] != pl.Boolean:
+        raise InputError(str(path), f"'correct' must be true/false, got {frame.schema['correct']}", field="correct")
+    return frame.select(pl.col("key").cast(pl.String), "correct").unique("key", keep="first")
+
+
+def estimate_flip_rate(table: pa.Table, config: NoiseConfig, gold: pl.DataFrame | None = None) -> tuple[dict[str, Any], list[float | None]]:
+    """The dataset-level estimates and the per-row flip probability (null where strength is null)."""
+    scores = strength(table, config.column)
+    keys = table.column(config.gold_key).to_pylist() if gold is not None else None
+    scored = np.flatnonzero(scores[STRENGTH_MEAN].is_not_null().to_numpy())
+    mu = scores[STRENGTH_MEAN].to_numpy()[scored].astype(float)
+    sigma = scores[STRENGTH_STD].to_numpy()[scored].astype(float)
+    estimators: dict[str, Any] = {"sign": sign_estimate(mu, sigma, config.z)}
+    estimators["mixture"], posterior = mixture_estimate(mu, config.bootstrap, config.level, config.seed)
+    if gold is not None:
+        labels = dict(zip(gold["key"].to_list(), gold["correct"].to_list()))
+        in_gold = [i for i, row in enumerate(scored) if keys[row] in labels]
+        estimators["moments"] = moments_estimate(
+            mu, mu[in_gold], np.array([labels[keys[scored[i]]] for i in in_gold], dtype=bool), config.bootstrap,
+            config.level, config.seed)
+    method = config.method if config.method != "auto" else "moments" if gold is not None else "mixture"
+    if method not in estimators:
+        raise ValueError(f"method {method!r} needs a gold file (gold_path)")
+    primary = estimators[method]
+    if primary.get("epsilon") is None:  # moments could not be computed: fall back, and say so
+        primary = {**estimators["mixture"], "method": f"mixture (moments failed: {primary['error']})"}
+    flip_prob: list[float | None] = [None] * table.num_rows
+    for row, p in zip(scored, posterior):
+        flip_prob[int(row)] = float(p)
+    estimate = {"epsilon": primary["epsilon"], "interval": primary["interval"], "method": primary["method"],
+                "n": int(len(mu)), "estimators": estimators}
+    return estimate, flip_prob
+
+
+class NoiseFilter(Stage):
+    """Label-noise flip rate (Chowdhury et al. 2024): epsilon with an interval, and per-pair `flip_prob`."""
+
+    name: ClassVar[str] = "noise"
+    citation: ClassVar[str | None] = CITATION
+    reads: ClassVar[tuple[str, ...]] = ("id", MEMBER_MARGINS)
+    adds: ClassVar[tuple[str, ...]] = (FLIP_PROB,)
+    config: NoiseConfig
+
+    def __init__(self, config: NoiseConfig | None = None):
+        super().__init__(config or NoiseConfig())
+        self.reads = ("id", self.config.column) + ((self.config.gold_key,) if self.config.gold_path else ())
+        self.gold: pl.DataFrame | None = None
+
+    def setup(self, ctx: BuildContext) -> None:
+        if self.config.gold_path is not None:
+            self.gold = read_gold(self.config.gold_path)
+
+    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        if self.config.gold_path is not None and self.gold is None:
+            self.gold = read_gold(self.config.gold_path)
+        estimate, flip_prob = estimate_flip_rate(table, self.config, self.gold)
+        column = pa.array(flip_prob, type=pa.float64())
+        out = table.set_column(table.schema.get_field_index(FLIP_PROB), FLIP_PROB, column) \
+            if FLIP_PROB in table.column_names else table.append_column(FLIP_PROB, column)
+        counters = {"noise_pairs_estimated": estimate["n"], "noise_pairs_unscored": table.num_rows - estimate["n"]}
+        # no scored pair: no estimate at all (an epsilon of 0 from nothing would mislead the trainer)
+        return StageOutput(out, [], counters, estimates={"flip_rate": estimate} if estimate["n"] else {})
+
+    def combine_estimates(self, shards: list[dict[str, Any]]) -> dict[str, Any]:
+        if len(shards) <= 1:
+            return dict(shards[0]) if shards else {}
+        parts = [s["flip_rate"] for s in shards if s.get("flip_rate") and s["flip_rate"]["n"]]
+        total = sum(p["n"] for p in parts)
+        if not total:
+            return {}
+
+        def weighted(get) -> float:
+            return sum(get(p) * p["n"] for p in parts) / total
+
+        combined = _bounded(weighted(lambda p: p["epsilon"]), weighted(lambda p: p["interval"][0]),
+                            weighted(lambda p: p["interval"][1]))
+        return {"flip_rate": {**combined, "method": f"{parts[0]['method']} (pair-weighted mean over {len(parts)} shards)",
+                              "n": total, "shards": parts}}

@@ -1,0 +1,225 @@
+"""Multi-RM voting strength: how strongly an ensemble of M scorers agrees with each pair's label.
+
+Secrets of RLHF in Large Language Models Part II: Reward Modeling (Wang et al. 2024, arXiv
+2401.06080), Section 3. With d_im = r_m(x_i, y+_i) - r_m(x_i, y-_i) the margin of member m on pair
+i (the `member_margins` list column the `score` and `embedding_rm` stages write; for a pairwise
+judge, the log-odds that chosen is better):
+
+    strength_mean_i = mean_m d_im,    strength_std_i = sqrt(mean_m (d_im - strength_mean_i)^2)  (population)
+
+Null members are left out of both; a pair with no member margin gets null strength and no
+bucket (counted as `voting_unscored`, kept). The paper buckets pairs by strength: the lowest
+~20% `incorrect` (labels likely wrong), the next ~20% `ambiguous`, the rest `normal`; treatments:
+flip incorrect, drop ambiguous, adaptive margin (loss -log sigma(Delta - strength_mean)).
+
+Score, then decide. Scoring adds `strength_mean`, `strength_std`, `bucket`. Deciding (the
+`decide` table: one action per bucket, `keep` everywhere = inspect only) flips, drops or keeps;
+flipped pairs get `flipped = true`; dropped pairs go to rejects (`ambiguous_preference`,
+`incorrect_preference`); counts per bucket and action land in stats.json, and the cut points
+under `estimates.voting`.
+
+**Decisions.**
+- Quantile buckets are by rank, not by cut value: sorted by (strength_mean, id), the first
+  floor(q_incorrect * n) pairs are incorrect and the pairs up to floor(q_ambiguous * n)
+  ambiguous, so "lowest 20%" is exactly 20% whatever the ties; `mode = "threshold"` uses fixed
+  cut points instead (strength_mean < incorrect_below, < ambiguous_below).
+- Quantiles are over the table the stage receives. A build hands a stage one shard at a time,
+  so for quantiles over the whole input set `output.shard_size` to at least the input's rows
+  (the counter `voting_tables` shows how many tables were ranked), or use thresholds, which do
+  not depend on sharding.
+- A flip swaps every chosen/rejected column pair (`chosen`/`rejected`, `chosen_score`,
+  `chosen_scores`, `ref_chosen_logps`, ...) and negates `member_margins`, `strength_mean` and
+  `margin`, so every column keeps describing the pair as stored; `bucket` stays `incorrect`.
+- `write_margin` sets `margin` = strength_mean (after any flip): the adaptive margin of the
+  trainer's `margin` loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.schemas.errors import Reject
+from prefdata.types import RejectReason
+
+CITATION = """@article{wang2024secrets,
+  title={Secrets of RLHF in Large Language Models Part II: Reward Modeling},
+  author={Wang, Binghai and Zheng, Rui and Chen, Lu and Liu, Yan and Dou, Shihan and Huang, Caishuang and Shen, Wei and Jin, Senjie and Zhou, Enyu and Shi, Chenyu and others},
+  journal={arXiv preprint arXiv:2401.06080},
+  year={2024}
+}"""
+
+MEMBER_MARGINS = "member_margins"
+STRENGTH_MEAN, STRENGTH_STD, BUCKET, FLIPPED = "strength_mean", "strength_std", "bucket", "flipped"
+INCORRECT, AMBIGUOUS, NORMAL = "incorrect", "ambiguous", "normal"
+Action = Literal["keep", "flip", "drop"]
+
+
+class VotingDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    incorrect: Action = Field("flip", description="What to do with pairs in the `incorrect` bucket")
+    ambiguous: Action = Field("drop", description="What to do with pairs in the `ambiguous` bucket")
+    normal: Action = Field("keep", description="What to do with pairs in the `normal` bucket")
+    write_margin: bool = Field(True, description="Set `margin` = strength_mean (after flips), for the adaptive-margin loss")
+
+
+class VotingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["voting"] = "voting"
+    column: str = Field(MEMBER_MARGINS, description="List column of per-member margins d_m")
+    mode: Literal["quantile", "threshold"] = Field("quantile", description="Bucket by rank share or by fixed strength cut points")
+    incorrect_quantile: float = Field(0.2, ge=0, le=1, description="quantile mode: share of lowest-strength pairs marked incorrect")
+    ambiguous_quantile: float = Field(0.4, ge=0, le=1, description="quantile mode: cumulative share up to which pairs are ambiguous")
+    incorrect_below: float = Field(0.0, description="threshold mode: strength_mean below this is incorrect")
+    ambiguous_below: float = Field(0.0, description="threshold mode: strength_mean below this (and not incorrect) is ambiguous")
+    decide: VotingDecision = Field(default_factory=VotingDecision, description="Action per bucket (all `keep` = score only)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> VotingConfig:
+        if self.incorrect_quantile > self.ambiguous_quantile:
+            raise ValueError("incorrect_quantile must be <= ambiguous_quantile (the latter is cumulative)")
+        if self.incorrect_below > self.ambiguous_below:
+            raise ValueError("incorrect_below must be <= ambiguous_below")
+        return self
+
+
+def strength(table: pa.Table, column: str = MEMBER_MARGINS) -> pl.DataFrame:
+    """Per-row `strength_mean`, `strength_std` (population) over the non-null, finite members, and `members`."""
+    frame = pl.from_arrow(table.select(["id", column]))
+    if not isinstance(frame, pl.DataFrame):
+        frame = frame.to_frame()
+    d = pl.col(column).list.eval(pl.element().filter(pl.element().is_not_null() & pl.element().is_finite()))
+    return frame.with_columns(d.alias("_d")).select(
+        "id",
+        pl.col("_d").list.mean().alias(STRENGTH_MEAN),
+        pl.col("_d").list.eval(pl.element().std(ddof=0)).list.first().alias(STRENGTH_STD),
+        pl.col("_d").list.len().fill_null(0).alias("members"))
+
+
+def assign_buckets(scores: pl.DataFrame, config: VotingConfig) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """Add `bucket` (null where strength is null) and return the cut points used."""
+    scored = scores.with_row_index("_row")
+    valid = scored.filter(pl.col(STRENGTH_MEAN).is_not_null())
+    n = valid.height
+    if config.mode == "quantile":
+        n_incorrect = math.floor(config.incorrect_quantile * n + 1e-9)
+        n_ambiguous = math.floor(config.ambiguous_quantile * n + 1e-9)
+        ranked = valid.sort([STRENGTH_MEAN, "id"]).with_row_index("_rank")
+        ranked = ranked.with_columns(
+            pl.when(pl.col("_rank") < n_incorrect).then(pl.lit(INCORRECT))
+            .when(pl.col("_rank") < n_ambiguous).then(pl.lit(AMBIGUOUS))
+            .otherwise(pl.lit(NORMAL)).alias(BUCKET))
+        means = ranked[STRENGTH_MEAN].to_numpy()
+        cuts = {"mode": "quantile", "rows": n, "incorrect_quantile": config.incorrect_quantile,
+                "ambiguous_quantile": config.ambiguous_quantile,
+                "incorrect_max": float(means[n_incorrect - 1]) if n_incorrect else None,
+                "ambiguous_max": float(means[n_ambiguous - 1]) if n_ambiguous > n_incorrect else None}
+    else:
+        ranked = valid.with_columns(
+            pl.when(pl.col(STRENGTH_MEAN) < config.incorrect_below).then(pl.lit(INCORRECT))
+            .when(pl.col(STRENGTH_MEAN) < config.ambiguous_below).then(pl.lit(AMBIGUOUS))
+            .otherwise(pl.lit(NORMAL)).alias(BUCKET))
+        cuts = {"mode": "threshold", "rows": n, "incorrect_below": config.incorrect_below,
+                "ambiguous_below": config.ambiguous_below}
+    out = scored.join(ranked.select("_row", BUCKET), on="_row", how="left").sort("_row").drop("_row")
+    return out, cuts
+
+
+def score_table(table: pa.Table, config: VotingConfig) -> tuple[pa.Table, dict[str, Any]]:
+    """The scoring step: append `strength_mean`, `strength_std`, `bucket` (rows in input order)."""
+    scores, cuts = assign_buckets(strength(table, config.column), config)
+    for name, kind in ((STRENGTH_MEAN, pa.float64()), (STRENGTH_STD, pa.float64()), (BUCKET, pa.string())):
+        table = _put(table, name, pa.array(scores[name].to_list(), type=kind))
+    return table, cuts
+
+
+def _put(table: pa.Table, name: str, column: pa.Array | pa.ChunkedArray) -> pa.Table:
+    if name in table.column_names:
+        return table.set_column(table.schema.get_field_index(name), name, column)
+    return table.append_column(name, column)
+
+
+def _negate(column: pa.ChunkedArray, mask: pa.Array) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        rows = column.to_pylist()
+        flipped = [None if r is None else [None if v is None else -v for v in r] if m else r
+                   for r, m in zip(rows, mask.to_pylist())]
+        return pa.array(flipped, type=column.type)
+    return pc.if_else(mask, pc.negate(column), column)
+
+
+def flip_rows(table: pa.Table, mask: pa.Array, column: str = MEMBER_MARGINS) -> pa.Table:
+    """Swap chosen/rejected (every `*chosen*` column with its `*rejected*` twin) where `mask` is true,
+    and negate the signed gap columns, so each column describes the pair as stored."""
+    names = table.column_names
+    for name in names:
+        twin = name.replace("chosen", "rejected")
+        if "chosen" in name and twin in names:
+            a, b = table.column(name), table.column(twin)
+            table = _put(table, name, pc.if_else(mask, b, a))
+            table = _put(table, twin, pc.if_else(mask, a, b))
+    for name in (column, STRENGTH_MEAN, "margin"):
+        if name in names:
+            table = _put(table, name, _negate(table.column(name), mask))
+    return table
+
+
+def decide(table: pa.Table, config: VotingConfig, stage: str = "voting") -> tuple[pa.Table, list[Reject], Counter]:
+    """The deciding step: flip, drop or keep each bucket; rejects and per-bucket/action counts."""
+    counters: Counter = Counter()
+    buckets = table.column(BUCKET).to_pylist()
+    actions = [None if b is None else getattr(config.decide, b) for b in buckets]
+    for b, a in zip(buckets, actions):
+        counters[f"bucket_{b or 'unscored'}"] += 1
+        counters[f"voting_{a}_{b}" if b else "voting_unscored"] += 1
+    flip = pa.array([a == "flip" for a in actions], type=pa.bool_())
+    table = flip_rows(table, flip, config.column)
+    table = _put(table, FLIPPED, flip)
+    if config.decide.write_margin:
+        mean = table.column(STRENGTH_MEAN)  # unscored rows keep the margin they had
+        table = _put(table, "margin", pc.if_else(pc.is_null(mean), table.column("margin"), mean)
+                     if "margin" in table.column_names else mean)
+    drop = np.array([a == "drop" for a in actions], dtype=bool)
+    rejects = []
+    if drop.any():
+        reasons = {INCORRECT: RejectReason.INCORRECT_PREFERENCE, AMBIGUOUS: RejectReason.AMBIGUOUS_PREFERENCE,
+                   NORMAL: RejectReason.NORMAL_PREFERENCE}
+        ids, means = table.column("id").to_pylist(), table.column(STRENGTH_MEAN).to_pylist()
+        for i in np.flatnonzero(drop):
+            rejects.append(Reject(stage=stage, reason=reasons[buckets[i]], row_id=ids[i], field=STRENGTH_MEAN,
+                                  detail=f"bucket {buckets[i]}: strength_mean {means[i]:.4g}",
+                                  payload=table.slice(int(i), 1).to_pylist()[0]))
+        table = table.filter(pa.array(~drop))
+    return table, rejects, counters
+
+
+class VotingFilter(Stage):
+    """Multi-RM voting strength (Wang et al. 2024): strength mean/std, buckets, flip/drop/margin."""
+
+    name: ClassVar[str] = "voting"
+    citation: ClassVar[str | None] = CITATION
+    reads: ClassVar[tuple[str, ...]] = ("id", MEMBER_MARGINS)
+    adds: ClassVar[tuple[str, ...]] = (STRENGTH_MEAN, STRENGTH_STD, BUCKET, FLIPPED)
+    config: VotingConfig
+
+    def __init__(self, config: VotingConfig | None = None):
+        super().__init__(config or VotingConfig())
+        if self.config.column != MEMBER_MARGINS:
+            self.reads = ("id", self.config.column)
+
+    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        scored, cuts = score_table(table, self.config)
+        out, rejects, counters = decide(scored, self.config, self.name)
+        counters["voting_tables"] += 1
+        return StageOutput(out, rejects, counters, estimates={"voting": cuts})

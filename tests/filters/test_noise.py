@@ -1,0 +1,133 @@
+"""Flip-rate estimation: closed-form estimators on synthetic strengths, the stats.json contract, and
+injected flips in real HH-RLHF pairs scored by the cross-fitted embedding-RM ensemble."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from prefdata.filters.noise import (
+    NoiseConfig,
+    NoiseFilter,
+    estimate_flip_rate,
+    fit_mirrored_mixture,
+    moments_estimate,
+    sign_estimate,
+)
+from prefdata.pipeline.context import BuildContext, EnginePool
+from prefdata.train.config import FlipRate
+
+
+def test_sign_estimate_bounds_by_the_std():
+    mu = np.array([-3.0, -0.5, 0.2, 1.0, 2.0, -1.0, 4.0, 5.0, 6.0, 7.0])
+    sigma = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    est = sign_estimate(mu, sigma, z=1.0)
+    # mu < 0: 3 of 10; mu < -sigma: only -3 (the -1 has sigma 2, -0.5 has sigma 1)
+    assert est["interval"] == [0.1, 0.3] and est["epsilon"] == pytest.approx(0.2)
+
+
+def test_mirrored_mixture_recovers_a_known_flip_share():
+    rng = np.random.default_rng(1)
+    clean = rng.normal(2.0, 1.0, 4000)
+    flipped = np.zeros(4000, bool)
+    flipped[:800] = True  # 20%
+    mu = np.where(flipped, -clean, clean)
+    eps, m, s, posterior = fit_mirrored_mixture(mu)
+    assert eps == pytest.approx(0.2, abs=0.02) and m == pytest.approx(2.0, abs=0.1) and s == pytest.approx(1.0, abs=0.1)
+    assert posterior[flipped].mean() > 0.8 > 0.2 > posterior[~flipped].mean()
+
+
+def test_method_of_moments_inverts_the_agreement_equation():
+    # judge accuracy a = 0.9 on gold; agreement A with the dataset = 0.9 * 0.8 + 0.1 * 0.2 = 0.74 -> eps 0.2
+    gold_mu = np.array([1.0] * 9 + [-1.0])
+    correct = np.ones(10, bool)
+    mu = np.array([1.0] * 74 + [-1.0] * 26)
+    est = moments_estimate(mu, gold_mu, correct, bootstrap=50)
+    assert est["epsilon"] == pytest.approx(0.2) and est["judge_accuracy"] == pytest.approx(0.9)
+    assert est["interval"][0] <= 0.2 <= est["interval"][1]
+    bad = moments_estimate(mu, np.array([-1.0] * 10), correct, bootstrap=10)
+    assert bad["epsilon"] is None and "above 0.5" in bad["error"]
+
+
+def _table(margins, prompt_ids=None) -> pa.Table:
+    n = len(margins)
+    return pa.table({"id": [f"p{i}" for i in range(n)], "prompt_id": prompt_ids or [f"s{i}" for i in range(n)],
+                     "member_margins": margins})
+
+
+def test_stage_writes_flip_prob_and_the_trainer_contract(tmp_path):
+    rng = np.random.default_rng(2)
+    margins = [[float(v), float(v) + 0.1] for v in np.concatenate([rng.normal(2, 1, 160), -rng.normal(2, 1, 40)])]
+    margins.append([])  # unscored
+    gold = tmp_path / "gold.jsonl"
+    gold.write_text("\n".join(json.dumps({"key": f"s{i}", "correct": i < 160}) for i in range(0, 200, 5)))
+    stage = NoiseFilter(NoiseConfig(gold_path=gold, bootstrap=50))
+    ctx = BuildContext(engines=EnginePool({}))
+    stage.setup(ctx)
+    out = stage.process(_table(margins), ctx)
+    flip_prob = out.table.column("flip_prob").to_pylist()
+    assert flip_prob[-1] is None and all(0 <= p <= 1 for p in flip_prob[:-1])
+    assert np.mean(flip_prob[160:200]) > 0.8 and np.mean(flip_prob[:160]) < 0.2
+    estimate = out.estimates["flip_rate"]
+    assert estimate["method"] == "moments" and estimate["n"] == 200
+    assert set(estimate["estimators"]) == {"sign", "mixture", "moments"}
+    assert estimate["epsilon"] == pytest.approx(0.2, abs=0.03)
+    FlipRate.model_validate(estimate)  # what `prefdata train --epsilon auto` reads
+    assert out.counters["noise_pairs_unscored"] == 1
+
+
+def test_shard_estimates_combine_weighted_by_pairs():
+    stage = NoiseFilter(NoiseConfig())
+    shards = [{"flip_rate": {"epsilon": 0.1, "interval": [0.0, 0.2], "method": "mixture", "n": 300}},
+              {"flip_rate": {"epsilon": 0.3, "interval": [0.2, 0.4], "method": "mixture", "n": 100}}]
+    combined = stage.combine_estimates(shards)["flip_rate"]
+    assert combined["epsilon"] == pytest.approx(0.15) and combined["interval"] == pytest.approx([0.05, 0.25])
+    assert combined["n"] == 400 and "2 shards" in combined["method"]
+
+
+def test_epsilon_is_clipped_below_one_half():
+    margins = [[-1.0], [-2.0], [-3.0], [1.0]]
+    estimate, _ = estimate_flip_rate(_table(margins), NoiseConfig(method="sign", bootstrap=10))
+    assert estimate["epsilon"] < 0.5 and estimate["interval"][1] < 0.5
+    FlipRate.model_validate(estimate)
+
+
+@pytest.mark.realdata
+def test_estimate_rises_with_injected_flips_in_real_pairs(shared_data):
+    """Real HH-RLHF pairs, a known share flipped at random (nested sets), scored by the cross-fitted
+    MiniLM Bradley-Terry ensemble: the estimate must move up with the injected rate."""
+    from prefdata.schemas.readers import read_pairs
+    from prefdata.scorers.embedding_rm import EmbeddingRewardModel, PairEmbeddings, TextEmbedder
+    from prefdata.types import SourceKind
+
+    pairs = read_pairs(shared_data / "hh_rlhf_harmless_test_1312.jsonl", kind=SourceKind.HH, limit=N_INJECT).table
+    cols = pairs.to_pydict()
+    embedder = TextEmbedder()
+    clean = embedder.embed_pairs(cols["id"], cols["id"], cols["prompt"], cols["chosen"], cols["rejected"])
+    order = np.random.default_rng(0).permutation(len(clean))
+    estimates = {}
+    for rate in (0.1, 0.2, 0.3):
+        flip = np.zeros(len(clean), bool)
+        flip[order[: round(rate * len(clean))]] = True
+        noisy = PairEmbeddings(clean.ids, clean.keys, clean.prompt, np.where(flip[:, None], clean.rejected, clean.chosen),
+                               np.where(flip[:, None], clean.chosen, clean.rejected))
+        margins = EmbeddingRewardModel(members=5, folds=5).fit(noisy).cross_fit(noisy).margins
+        estimate, _ = estimate_flip_rate(_table(margins.tolist()), NoiseConfig(bootstrap=20))
+        estimates[rate] = {name: e["epsilon"] for name, e in estimate["estimators"].items()}
+    assert embedder.encoded <= 3 * len(clean)  # each distinct text embedded once, reused for every rate
+    mixture = [estimates[r]["mixture"] for r in (0.1, 0.2, 0.3)]
+    assert mixture[0] < mixture[1] < mixture[2], estimates
+    # the sign share is coarse with a weak RM (ties between neighbouring rates happen): it must not fall
+    sign = [estimates[r]["sign"] for r in (0.1, 0.2, 0.3)]
+    assert sign[0] <= sign[1] <= sign[2] and sign[0] < sign[2], estimates
+
+
+N_INJECT = 400
+
+
+def test_no_scored_pair_gives_no_estimate():
+    out = NoiseFilter(NoiseConfig(bootstrap=10)).process(_table([[], [None]]), BuildContext(engines=EnginePool({})))
+    assert out.estimates == {} and out.table.column("flip_prob").to_pylist() == [None, None]
