@@ -89,7 +89,8 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     pool = EnginePool(recipe.engines)
     for name, engine in (engines or {}).items():
         pool.put(name, engine)
-    ctx = BuildContext(engines=pool, seed=recipe.seed)
+    ctx = BuildContext(engines=pool, seed=recipe.seed,
+                       info={"input_rows": source.table.num_rows, "shard_size": recipe.output.shard_size})
     try:
         setup_started = time.perf_counter()
         for stage in stages:

@@ -10,6 +10,8 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from prefdata.filters.ches import ChesConfig, ChesFilterConfig, ChesFilterStage, ChesStage
+from prefdata.filters.dedup import DedupConfig, DedupStage
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
 from prefdata.pipeline.stage import Stage
 from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
@@ -17,6 +19,9 @@ from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),
     "reference_logps": (ReferenceLogpsConfig, ReferenceLogpsStage),
+    "ches": (ChesConfig, ChesStage),
+    "ches_filter": (ChesFilterConfig, ChesFilterStage),
+    "dedup": (DedupConfig, DedupStage),
 }
 
 

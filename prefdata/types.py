@@ -74,6 +74,11 @@ class RejectReason(str, Enum):
     NO_PAIR = "no_pair"
     SEQUENCE_TOO_LONG = "sequence_too_long"  # trainer: prompt + response longer than max_length (never truncated)
     BAD_EDIT_SPANS = "bad_edit_spans"  # trainer: metadata.edit_spans that do not fit the response text
+    CHES_HIGH = "ches_high"  # ches_filter: high likelihood-displacement risk (CHES / LN-CHES)
+    CHES_NULL = "ches_null"  # ches_filter: no CHES score (empty or too long) and nulls = "drop"
+    EXACT_DUPLICATE = "exact_duplicate"  # dedup: same normalised prompt as a kept row (detail names it)
+    NEAR_DUPLICATE = "near_duplicate"  # dedup: prompt embedding cosine >= threshold with a kept row
+    CONTAMINATED = "contaminated"  # dedup: prompt shares n-grams with a benchmark item
 
 
 class ScoreError(str, Enum):
