@@ -184,7 +184,7 @@ class DedupStage(Stage):
             ctx.check_whole_input(self.name, "deduplication")
         if c.benchmarks:
             self.benchmark = BenchmarkIndex.from_files(c.benchmarks, c.ngram, c.benchmark_field)
-        if c.near_threshold is not None:
+        if c.near_threshold is not None and self.embedder is None:
             self.embedder = load_embedder(c.embedder)
 
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
