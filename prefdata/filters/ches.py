@@ -20,7 +20,8 @@ Two stages, so a user can look at the scores before anything is deleted:
 
 * `ches` (score): reads `id, prompt, chosen, rejected`; adds `ches`, `ln_ches` (float64).
 * `ches_filter` (decide): reads `id, ches, ln_ches`; drops by the configured rule, each dropped
-  row a reject with reason `ches_high` naming its score and the threshold.
+  row a reject with reason `ches_high` naming its score and the rule. By default it drops
+  the 5% of pairs with the highest `ln_ches`.
 
 Decisions:
 * Tokens are the trainer's (`prefdata.train.data.tokenize_pair`: TRL's rule, one shared prompt,
@@ -152,7 +153,7 @@ class ChesFilterConfig(BaseModel):
     score: Literal["ln_ches", "ches"] = Field("ln_ches", description="Which score decides (the paper used ln_ches)")
     rule: Literal["drop_top_share", "keep_lowest", "drop_above"] = Field(
         "drop_top_share", description="drop the highest `share`; keep only the lowest `share`; or drop scores above `threshold`")
-    share: float | None = Field(None, gt=0, lt=1, description="Share of scored rows dropped (drop_top_share) or kept (keep_lowest)")
+    share: float = Field(0.05, gt=0, lt=1, description="Share of scored rows dropped (drop_top_share) or kept (keep_lowest)")
     threshold: float | None = Field(None, description="drop_above: rows with a score above this are dropped")
     nulls: Literal["keep", "drop"] = Field("keep", description="Rows without a score: keep them, or drop them (reason ches_null)")
     per_shard: bool = Field(False, description="Take the share of each shard instead of requiring the whole input in one shard")
@@ -161,8 +162,6 @@ class ChesFilterConfig(BaseModel):
     def _rule_needs_its_parameter(self) -> ChesFilterConfig:
         if self.rule == "drop_above" and self.threshold is None:
             raise ValueError("rule 'drop_above' needs `threshold`")
-        if self.rule != "drop_above" and self.share is None:
-            raise ValueError(f"rule {self.rule!r} needs `share`")
         return self
 
 

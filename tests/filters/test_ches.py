@@ -206,8 +206,7 @@ def test_drop_above_threshold_on_ches():
 
 
 def test_config_validation_and_registry():
-    with pytest.raises(ValueError, match="needs `share`"):
-        ChesFilterConfig()
+    assert (ChesFilterConfig().rule, ChesFilterConfig().share) == ("drop_top_share", 0.05)
     with pytest.raises(ValueError, match="needs `threshold`"):
         ChesFilterConfig(rule="drop_above")
     with pytest.raises(ValueError):
