@@ -102,7 +102,7 @@ def main() -> None:
     print(f"{args.pairs} pairs, {len(sequences)} sequences, {tokens} tokens, dtype {args.dtype}, batch {args.batch_size}")
     print("| path | pairs/s | vs bare forward |\n|---|---|---|")
     for name, seconds in results.items():
-        print(f"| {name} | {args.pairs / seconds:.1f} | {base / seconds:.2f}x |")
+        print(f"| {name} | {args.pairs / seconds:.3g} | {base / seconds:.2f}x |")
 
 
 if __name__ == "__main__":
