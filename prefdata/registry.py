@@ -10,6 +10,8 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, Field
 
+from prefdata.filters.ches import ChesConfig, ChesFilterConfig, ChesFilterStage, ChesStage
+from prefdata.filters.dedup import DedupConfig, DedupStage
 from prefdata.filters.noise import NoiseConfig, NoiseFilter
 from prefdata.filters.voting import VotingConfig, VotingFilter
 from prefdata.generators.flr import FLRPairsConfig, FLRPairsGenerator
@@ -35,6 +37,9 @@ STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "embedding_rm": (EmbeddingRMConfig, EmbeddingRMStage),
     "voting": (VotingConfig, VotingFilter),
     "noise": (NoiseConfig, NoiseFilter),
+    "ches": (ChesConfig, ChesStage),
+    "ches_filter": (ChesFilterConfig, ChesFilterStage),
+    "dedup": (DedupConfig, DedupStage),
 }
 
 

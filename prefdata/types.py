@@ -111,6 +111,11 @@ class RejectReason(str, Enum):
     INCORRECT_PREFERENCE = "incorrect_preference"  # voting: lowest-strength bucket, configured to drop
     AMBIGUOUS_PREFERENCE = "ambiguous_preference"  # voting: near-zero-strength bucket, configured to drop
     NORMAL_PREFERENCE = "normal_preference"  # voting: the `normal` bucket, configured to drop
+    CHES_HIGH = "ches_high"  # ches_filter: high likelihood-displacement risk (CHES / LN-CHES)
+    CHES_NULL = "ches_null"  # ches_filter: no CHES score (empty or too long) and nulls = "drop"
+    EXACT_DUPLICATE = "exact_duplicate"  # dedup: same normalised prompt as a kept row (detail names it)
+    NEAR_DUPLICATE = "near_duplicate"  # dedup: prompt embedding cosine >= threshold with a kept row
+    CONTAMINATED = "contaminated"  # dedup: prompt shares n-grams with a benchmark item
 
 
 class ScoreError(str, Enum):

@@ -9,7 +9,8 @@ same tokens and results can be compared token for token. Three operations:
   alternatives at each step;
 * `score(prompts, targets)` -> per-token log p(target_t | prompt, target_<t) (teacher forcing);
 * `hidden_states(sequences)` -> the final-layer hidden states (after the final norm) of each
-  token of each sequence.
+  token of each sequence; `hidden_state_sums(sequences, spans)` -> their sum over one span of
+  positions per sequence (CHES needs only sums; backends may sum on the device).
 
 Results always come back in the order of the inputs (by position, never matched by text:
 duplicate prompts are common and must stay distinct).
@@ -120,6 +121,16 @@ class Engine(ABC):
     def hidden_states(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """Final-layer hidden states, float32 [len(seq), hidden], for each token sequence."""
 
+    def hidden_state_sums(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Sum of the final-layer hidden states over positions [start, end) of each sequence:
+        float64 [len(sequences), hidden] (an empty span sums to zeros). Backends that can sum on
+        the device override this; the default sums `hidden_states` in float64."""
+        check_spans(sequences, spans)
+        states = self.hidden_states(sequences)
+        if not states:
+            return np.zeros((0, 0))
+        return np.stack([s[a:b].sum(axis=0, dtype=np.float64) for s, (a, b) in zip(states, spans)])
+
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing outside the process
         """Release the model (and any engine process)."""
 
@@ -137,6 +148,14 @@ class Engine(ABC):
         for i, seq in enumerate(sequences):
             if len(seq) + extra > self.max_model_len:
                 raise ContextLengthError(i, len(seq) + extra, self.max_model_len)
+
+
+def check_spans(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> None:
+    if len(sequences) != len(spans):
+        raise ValueError(f"{len(sequences)} sequences but {len(spans)} spans")
+    for i, (seq, (start, end)) in enumerate(zip(sequences, spans)):
+        if not 0 <= start <= end <= len(seq):
+            raise ValueError(f"sequence {i}: span [{start}, {end}) is outside its {len(seq)} tokens")
 
 
 class ContextLengthError(ValueError):

@@ -189,5 +189,17 @@ class CachedEngine(Engine):
     def hidden_states(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         return self.inner.hidden_states(sequences)
 
+    def hidden_state_sums(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        # Cached like `score` (a resumed CHES shard re-uses its forward passes), and computed by the
+        # wrapped engine's own override (device-side sums), not the base class's fallback.
+        keys = [self._key("hidden_state_sums", list(map(int, seq)), [int(a), int(b)])
+                for seq, (a, b) in zip(sequences, spans)]
+        rows = self._chunked(len(sequences), keys,
+                             lambda todo: list(self.inner.hidden_state_sums([sequences[i] for i in todo],
+                                                                            [spans[i] for i in todo])),
+                             lambda a: np.asarray(a, dtype="<f8").tobytes(),
+                             lambda b: np.frombuffer(b, dtype="<f8").astype(np.float64))
+        return np.stack(rows) if rows else np.zeros((0, 0))
+
     def close(self) -> None:
         """The pool closes the wrapped engine; the wrapper holds nothing of its own."""

@@ -19,6 +19,8 @@ class EngineConfig(BaseModel):
     max_model_len: int = Field(2048, ge=16, description="Context length: longer requests are rejected, not truncated")
     seed: int = Field(0, description="Engine-level seed; requests also carry their own derived seeds")
     trust_remote_code: bool = Field(False, description="Run model code from the hub; off unless you trust the repository")
+    padding_side: Literal["left", "right"] = Field(
+        "right", description="transformers: padding side of teacher-forced batches (score, hidden states); results agree either way")
     batch_size: int = Field(16, ge=1, description="transformers: sequences per forward pass")
     kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on GPU: share of GPU memory to use")

@@ -6,8 +6,9 @@ is in its batch. Here each request samples with its own `torch.Generator` seeded
 `SamplingParams.seed`, and the loop records the raw log-probability of every sampled token and
 the top-k alternatives as it goes (no second pass).
 
-Batches are left-padded with explicit position ids (a padded row must see the same positions
-as it would alone); scoring and hidden states use right padding and read each row's own span.
+Batches carry explicit position ids (a padded row must see the same positions as it would
+alone). Generation pads on the left; scoring and hidden states pad on `padding_side` (right by
+default) and read each row's own span from its offset, so either side gives the same numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from prefdata.engines.base import Completion, Engine, SamplingParams, normalise_params
+from prefdata.engines.base import Completion, Engine, SamplingParams, check_spans, normalise_params
 from prefdata.engines.config import EngineConfig
 from prefdata.engines.embedded import resolve_model
 from prefdata.types import EngineBackend
@@ -166,18 +167,40 @@ class TransformersEngine(Engine):
 
     # --- teacher forcing ------------------------------------------------------------------------
 
-    def _forward_right_padded(self, sequences: list[list[int]], hidden: bool) -> Any:
+    def _pad(self, sequences: list[list[int]]) -> tuple[Any, Any, list[int]]:
+        """Padded ids, attention mask and each row's offset (where its first token sits)."""
         import torch
 
         width = max(len(s) for s in sequences)
         ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
+        offsets = []
         for row, seq in enumerate(sequences):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
+            offset = width - len(seq) if self.config.padding_side == "left" else 0
+            ids[row, offset : offset + len(seq)] = torch.tensor(seq)
+            mask[row, offset : offset + len(seq)] = 1
+            offsets.append(offset)
+        return ids.to(self.device), mask.to(self.device), offsets
+
+    def _forward_padded(self, sequences: list[list[int]], final_hidden: bool = False) -> tuple[Any, list[int]]:
+        """One forward pass over a padded batch: logits, or the final-layer hidden states (after the
+        final norm) without the LM head. Position ids count real tokens only, so a row sees the
+        same positions whatever its padding."""
+        import torch
+
+        ids, mask, offsets = self._pad(sequences)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            return self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                              output_hidden_states=hidden, use_cache=False)
+            if final_hidden:
+                body = self.model.base_model
+                if body is not self.model:  # the decoder without the LM head: no [batch, len, vocab] logits
+                    return body(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                use_cache=False).last_hidden_state, offsets
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                 output_hidden_states=True, use_cache=False)
+                return out.hidden_states[-1], offsets
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+            return out.logits, offsets
 
     def _token_batches(self, lengths: list[int]) -> list[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -192,14 +215,14 @@ class TransformersEngine(Engine):
         self.check_lengths(sequences)
         results: list[np.ndarray | None] = [None] * len(sequences)
         for batch in self._token_batches([len(s) for s in sequences]):
-            out = self._forward_right_padded([sequences[i] for i in batch], hidden=False)
+            logits_all, offsets = self._forward_padded([sequences[i] for i in batch])
             for row, i in enumerate(batch):
-                start, n = len(prompts[i]), len(targets[i])
+                start, n = offsets[row] + len(prompts[i]), len(targets[i])
                 if n == 0:
                     results[i] = np.zeros(0)
                     continue
                 # logits at position t predict token t+1: the targets are predicted from start-1 on
-                logits = out.logits[row, start - 1 : start - 1 + n].float()
+                logits = logits_all[row, start - 1 : start - 1 + n].float()
                 target = torch.tensor(list(targets[i]), device=logits.device)
                 lp = torch.log_softmax(logits, dim=-1).gather(-1, target[:, None]).squeeze(-1)
                 results[i] = lp.double().cpu().numpy()
@@ -210,11 +233,31 @@ class TransformersEngine(Engine):
         self.check_lengths(sequences)
         results: list[np.ndarray | None] = [None] * len(sequences)
         for batch in self._token_batches([len(s) for s in sequences]):
-            out = self._forward_right_padded([sequences[i] for i in batch], hidden=True)
-            last = out.hidden_states[-1]
+            last, offsets = self._forward_padded([sequences[i] for i in batch], final_hidden=True)
             for row, i in enumerate(batch):
-                results[i] = last[row, : len(sequences[i])].float().cpu().numpy()
+                results[i] = last[row, offsets[row] : offsets[row] + len(sequences[i])].float().cpu().numpy()
         return results
+
+    def hidden_state_sums(self, sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+        """Span sums on the device: the states stay in the model's dtype (bf16 if so loaded) and
+        are summed in float32 (one masked matmul per batch), so only [batch, hidden] leaves it."""
+        import torch
+
+        sequences = [list(s) for s in sequences]
+        check_spans(sequences, spans)
+        self.check_lengths(sequences)
+        hidden_size = int(self.model.config.get_text_config().hidden_size)
+        sums = np.zeros((len(sequences), hidden_size))
+        for batch in self._token_batches([len(s) for s in sequences]):
+            last, offsets = self._forward_padded([sequences[i] for i in batch], final_hidden=True)
+            weights = torch.zeros(last.shape[:2], dtype=torch.float32, device=last.device)
+            for row, i in enumerate(batch):
+                start, end = spans[i]
+                weights[row, offsets[row] + start : offsets[row] + end] = 1.0
+            with torch.inference_mode():
+                batch_sums = torch.einsum("bt,btd->bd", weights, last.float())
+            sums[batch] = batch_sums.double().cpu().numpy()
+        return sums
 
     def close(self) -> None:
         self.model = None

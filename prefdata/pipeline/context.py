@@ -75,3 +75,13 @@ class BuildContext:
     def seed_for(self, *parts: Any) -> int:
         """A per-row seed: the same row gets the same seed whatever shard or batch it lands in."""
         return derive_seed(self.seed, *parts)
+
+    def check_whole_input(self, stage: str, what: str) -> None:
+        """Raise if the input is split into several shards: for stages whose decision depends on
+        all rows at once (a quantile threshold, duplicates). The executor records `input_rows` and
+        `shard_size` in `info`; a context without them (a stage run by hand) is not checked."""
+        rows, size = self.info.get("input_rows"), self.info.get("shard_size")
+        if rows is not None and size is not None and rows > size:
+            raise ValueError(
+                f"stage {stage}: {what} needs the whole input in one shard, but {rows} input rows are split into "
+                f"shards of {size}; set [output] shard_size >= {rows}, or set per_shard = true on the stage")

@@ -145,7 +145,7 @@ class StageWorker:
     """One actor of a stage's pool: the stage, set up once with its own engines, mapping shards."""
 
     def __init__(self, recipe: dict[str, Any], position: int, out_dir: str, use_cache: bool,
-                 stage_fingerprints: list[str] | None):
+                 stage_fingerprints: list[str] | None, input_rows: int):
         from prefdata.recipe import parse_recipe
         from prefdata.registry import make_stage
 
@@ -153,7 +153,9 @@ class StageWorker:
         self.position = position
         self.stage = make_stage(parsed.stages[position])
         self.pool, self.store = engine_pool(parsed, Path(out_dir), use_cache)
-        self.ctx = BuildContext(engines=self.pool, seed=parsed.seed)
+        # input_rows/shard_size: stages that need the whole input (cross-fitting, dataset estimates) check it
+        self.ctx = BuildContext(engines=self.pool, seed=parsed.seed,
+                                info={"input_rows": input_rows, "shard_size": parsed.output.shard_size})
         started = time.perf_counter()
         try:
             self.stage.setup(self.ctx)
@@ -273,7 +275,8 @@ class RayExecutor:
                         num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
                         fn_constructor_kwargs={"recipe": job.recipe.resolved(), "position": position,
                                                "out_dir": str(out_dir.resolve()), "use_cache": job.use_cache,
-                                               "stage_fingerprints": fingerprints},
+                                               "stage_fingerprints": fingerprints,
+                                               "input_rows": job.table.num_rows},
                         runtime_env={"env_vars": env},
                         max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
             try:

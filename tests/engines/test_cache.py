@@ -73,3 +73,14 @@ def test_completion_encoding_round_trips_floats_exactly():
 
     c = Completion("hi", (1, 2), (-0.1 / 3, -1e-300), "stop", ({5: -0.2 / 7}, {6: -3.0}))
     assert decode_completions(encode_completions([c])) == [c]
+
+
+def test_hidden_state_sums_use_the_engine_and_are_cached(hf_engine, prompts, tmp_path):
+    spans = [(1, 4), (0, 2), (2, 2)]
+    direct = hf_engine.hidden_state_sums(prompts, spans)
+    store = RequestStore(tmp_path / "requests.sqlite")
+    first = CachedEngine(hf_engine, store).hidden_state_sums(prompts, spans)
+    again = CachedEngine(hf_engine, store).hidden_state_sums(prompts, spans)
+    assert first.shape == direct.shape and np.allclose(first, direct, atol=1e-6)
+    assert first.tobytes() == again.tobytes() and store.counts["hits"] == 3
+    assert not again[2].any()  # an empty span sums to zeros

@@ -112,3 +112,30 @@ def test_context_length_is_enforced(engine):
         engine.generate(too_long, SamplingParams(max_tokens=2))
     with pytest.raises(ContextLengthError):
         engine.score(too_long, [[2]])
+
+
+def test_hidden_state_sums_equal_direct_forward(engine, direct_model, chat_formatter):
+    sequences = [chat_formatter.prompt_ids(c) for c in CHATS[:3]]
+    spans = [(0, len(sequences[0])), (2, 5), (len(sequences[2]) - 1, len(sequences[2]))]
+    sums = engine.hidden_state_sums(sequences, spans)
+    assert sums.shape == (3, direct_model.config.hidden_size) and sums.dtype == np.float64
+    for seq, (a, b), got in zip(sequences, spans, sums):
+        with torch.inference_mode():
+            states = direct_model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states[-1][0].double()
+        np.testing.assert_allclose(got, states[a:b].sum(0).numpy(), rtol=1e-3, atol=2e-3 * (b - a))
+    with pytest.raises(ValueError, match="outside"):
+        engine.hidden_state_sums(sequences[:1], [(0, len(sequences[0]) + 1)])
+
+
+def test_left_padding_gives_the_same_scores_and_states(hf_engine, chat_formatter):
+    from prefdata.engines import EngineConfig
+    from prefdata.engines.transformers_engine import TransformersEngine
+
+    left = TransformersEngine(EngineConfig(backend="transformers", dtype="float32", padding_side="left", batch_size=8),
+                              model=hf_engine.model, tokenizer=hf_engine.tokenizer)
+    prompts = [chat_formatter.prompt_ids(c) for c in CHATS[:3]]
+    targets = [[28, 29, 30], [31], [32, 33, 34, 35, 36, 37]]  # mixed lengths: real left padding
+    for got, expected in zip(left.score(prompts, targets), hf_engine.score(prompts, targets)):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    for got, expected in zip(left.hidden_states(prompts), hf_engine.hidden_states(prompts)):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
