@@ -16,19 +16,8 @@ shared and noisy). Prints pairs/s and the ratio to the bare causal-LM forward, f
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-DATA = Path(os.environ.get("PREFDATA_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+from _common import DATA, timed  # noqa: E402, I001 - puts the repository on sys.path first
 
 
 def bare_forward(engine, sequences: list[list[int]], batch_size: int, decoder_only: bool) -> None:

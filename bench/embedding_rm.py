@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
+from _common import DATA  # noqa: E402, I001 - puts the repository on sys.path first
 
 from prefdata.schemas.readers import read_pairs
 from prefdata.scorers.embedding_rm import EmbeddingRewardModel, TextEmbedder
 from prefdata.types import SourceKind
-
-DATA = Path(os.environ.get("PREFDATA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def hh_pairs() -> dict:

@@ -15,20 +15,17 @@ estimator's bias.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from _common import DATA  # noqa: E402, I001 - puts the repository on sys.path first
 
 from prefdata.filters.noise import NoiseConfig, estimate_flip_rate
 from prefdata.schemas.readers import read_pairs
 from prefdata.scorers.embedding_rm import EmbeddingRewardModel, PairEmbeddings, TextEmbedder
 from prefdata.types import SourceKind
-
-DATA = Path(os.environ.get("PREFDATA_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:

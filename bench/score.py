@@ -21,19 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-DATA = Path(os.environ.get("PREFDATA_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+from _common import DATA, timed  # noqa: E402, I001 - puts the repository on sys.path first
 
 
 def load_rows(n: int, max_chars: int) -> tuple[list, list[str]]:

@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-DATA = Path(os.environ.get("PREFDATA_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from _common import DATA  # noqa: E402, I001 - puts the repository on sys.path first
+
 RUNS = ("prefdata-model", "trl-model", "prefdata-columns", "trl-precompute")
 
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -57,7 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.pipeline.stage import EngineStage, Stage, StageOutput
 from prefdata.schemas.errors import Reject
 from prefdata.train.data import tokenize_pair
 from prefdata.types import RejectReason
@@ -95,7 +95,7 @@ class ChesConfig(BaseModel):
     engine: str = Field("policy", description="Engine (under [engines]) holding the model to be trained: CHES is model-specific")
 
 
-class ChesStage(Stage):
+class ChesStage(EngineStage):
     """Score step: adds `ches` and `ln_ches` (see the module docstring)."""
 
     name: ClassVar[str] = "ches"
@@ -106,13 +106,6 @@ class ChesStage(Stage):
 
     def __init__(self, config: ChesConfig | None = None):
         super().__init__(config or ChesConfig())
-        self.engine: Any = None
-
-    def setup(self, ctx: BuildContext) -> None:
-        self.engine = ctx.engine(self.config.engine)
-
-    def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "engine": self.engine.identity() if self.engine else None}
 
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
         engine = self.engine or ctx.engine(self.config.engine)

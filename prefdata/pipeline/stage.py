@@ -135,6 +135,21 @@ class Stage(ABC):
         return out, stats
 
 
+class EngineStage(Stage):
+    """A stage that runs one engine, named by its config's `engine` field: loaded at setup, and
+    part of the stage's identity (a different model is a different stage output)."""
+
+    def __init__(self, config: BaseModel):
+        super().__init__(config)
+        self.engine: Any = None
+
+    def setup(self, ctx: BuildContext) -> None:
+        self.engine = ctx.engine(self.config.engine)
+
+    def identity(self) -> dict[str, Any]:
+        return {**super().identity(), "engine": self.engine.identity() if self.engine else None}
+
+
 class ChainError(ValueError):
     pass
 

@@ -21,14 +21,14 @@ from the columns. Use `dtype = "float32"` on the engine for sums that match a fl
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.pipeline.stage import EngineStage, StageOutput
 from prefdata.train.citations import CITATIONS
 from prefdata.train.data import REF_CHOSEN, REF_MODEL, REF_REJECTED, tokenize_pair
 
@@ -53,7 +53,7 @@ def add_reference_columns(table: pa.Table, chosen: list[float | None], rejected:
     return table.append_column(REF_MODEL, models)
 
 
-class ReferenceLogpsStage(Stage):
+class ReferenceLogpsStage(EngineStage):
     name: ClassVar[str] = "reference_logps"
     citation: ClassVar[str | None] = CITATION
     reads: ClassVar[tuple[str, ...]] = ("id", "prompt", "chosen", "rejected")
@@ -62,13 +62,6 @@ class ReferenceLogpsStage(Stage):
 
     def __init__(self, config: ReferenceLogpsConfig | None = None):
         super().__init__(config or ReferenceLogpsConfig())
-        self.engine: Any = None
-
-    def setup(self, ctx: BuildContext) -> None:
-        self.engine = ctx.engine(self.config.engine)
-
-    def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "engine": self.engine.identity() if self.engine else None}
 
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
         engine = self.engine
