@@ -1,7 +1,7 @@
 """Executor overhead: wall time of the same build on the local executor and on a local Ray cluster.
 
     python bench/executor.py [--recipe examples/quickstart.toml] [--prompts 16] [--shard-size 4]
-                             [--max-tokens 64] [--backend vllm|transformers] [--ray-cpus 2]
+                             [--max-tokens 64] [--backend vllm|transformers] [--ray-cpus 2] [--actor-cpus 2]
 
 Runs the recipe twice on the same input, each into a fresh folder with checkpoints and the request
 cache off (nothing is reused): once with `--executor local`, once with `--executor ray` on a Ray
@@ -18,17 +18,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401, E402, I001 - puts the repository on sys.path first
+from _common import REPO  # noqa: E402, I001 - puts the repository on sys.path first
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--recipe", default="examples/quickstart.toml")
+    parser.add_argument("--recipe", default=str(REPO / "examples" / "quickstart.toml"))
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--backend", default=None, help="override the recipe's engine backends")
     parser.add_argument("--ray-cpus", type=int, default=2)
+    parser.add_argument("--actor-cpus", type=float, default=2,
+                        help="num_cpus per stage actor (Ray sets the actor's torch threads from it)")
     args = parser.parse_args()
 
     import pyarrow.parquet as pq
@@ -45,7 +47,7 @@ def main() -> None:
     if args.backend:
         for engine in recipe["engines"].values():
             engine["backend"] = args.backend
-    recipe["executor"] = {"kind": "local", "num_cpus": 1, "local_num_cpus": args.ray_cpus,
+    recipe["executor"] = {"kind": "local", "num_cpus": args.actor_cpus, "local_num_cpus": args.ray_cpus,
                           "local_object_store_mb": 256}
 
     seconds, outs = {}, {}
