@@ -49,14 +49,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import Stage, StageOutput
 from prefdata.schemas.errors import Reject
+from prefdata.scorers.ensemble import CITATION as ENSEMBLE_CITATION
 from prefdata.types import RejectReason
 
-CITATION = """@article{wang2024secrets,
-  title={Secrets of RLHF in Large Language Models Part II: Reward Modeling},
-  author={Wang, Binghai and Zheng, Rui and Chen, Lu and Liu, Yan and Dou, Shihan and Huang, Caishuang and Shen, Wei and Jin, Senjie and Zhou, Enyu and Shi, Chenyu and others},
-  journal={arXiv preprint arXiv:2401.06080},
-  year={2024}
-}"""
+CITATION = ENSEMBLE_CITATION  # the same paper defines member margins and voting strength
 
 MEMBER_MARGINS = "member_margins"
 STRENGTH_MEAN, STRENGTH_STD, BUCKET, FLIPPED = "strength_mean", "strength_std", "bucket", "flipped"

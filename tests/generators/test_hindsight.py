@@ -21,6 +21,7 @@ from prefdata.generators.hindsight import (
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.schemas.pair import PROMPT_SCHEMA, pair_schema
 from prefdata.schemas.readers import INPUT_METADATA_TYPE
+from tests.generators.shipped import build_shipped
 
 from ..test_trl_compat import dpo_one_step
 
@@ -178,13 +179,8 @@ def test_real_engine_sampled_prompts_end_to_end(hf_engine, shared_data, tmp_path
 
 @pytest.mark.realdata
 def test_recipe_as_shipped_runs_on_vllm(vllm_engine, shared_data, tmp_path):
-    from prefdata.build import run_build
-
-    from ..conftest import REPO
-
-    result = run_build(REPO / "examples" / "hindsight.toml", input=shared_data / "hh_rlhf_harmless_test_1312.jsonl",
-                       limit=3, output=tmp_path / "out", engines={"policy": vllm_engine})
-    stage = result.stats["stages"][0]
-    assert stage["rows_in"] == 3 and stage["rows_out"] + sum(stage["drops"].values()) == 3
+    result, stage = build_shipped("hindsight.toml", shared_data / "hh_rlhf_harmless_test_1312.jsonl", vllm_engine,
+                                  tmp_path, limit=3)
+    assert stage["rows_out"] + sum(stage["drops"].values()) == 3
     for row in result.dataset.to_list():
         assert row["metadata"]["response_source"] == "given" and row["metadata"]["chosen_hindsight"] is not None

@@ -16,6 +16,7 @@ from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.schemas.pair import pair_schema
 from prefdata.schemas.readers import INPUT_METADATA_TYPE
 from prefdata.train.data import rationale_prompt
+from tests.generators.shipped import build_shipped
 
 from ..test_trl_compat import dpo_one_step
 
@@ -141,14 +142,9 @@ def test_real_engine_on_hh_pairs_trains_in_trl(hf_engine, shared_data, tmp_path)
 
 @pytest.mark.realdata
 def test_recipe_as_shipped_runs_on_vllm(vllm_engine, shared_data, tmp_path):
-    from prefdata.build import run_build
-
-    from ..conftest import REPO
-
-    result = run_build(REPO / "examples" / "rationales_hh.toml", input=shared_data / "hh_rlhf_harmless_test_1312.jsonl",
-                       limit=3, output=tmp_path / "out", engines={"policy": vllm_engine})
-    stage = result.stats["stages"][0]
-    assert stage["rows_in"] == 3 and stage["rows_out"] + sum(stage["drops"].values()) == 3
+    _, stage = build_shipped("rationales_hh.toml", shared_data / "hh_rlhf_harmless_test_1312.jsonl", vllm_engine,
+                             tmp_path, limit=3)
+    assert stage["rows_out"] + sum(stage["drops"].values()) == 3
     assert stage["counters"].get("order_chosen_first", 0) + stage["counters"].get("order_rejected_first", 0) == 3
 
 

@@ -14,6 +14,7 @@ from prefdata.generators import rise_edits as edits
 from prefdata.generators.rise import RiseConfig, RiseGenerator
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.schemas.pair import PROMPT_SCHEMA
+from tests.generators.shipped import build_shipped
 
 from ..test_trl_compat import dpo_one_step
 
@@ -242,14 +243,8 @@ def test_real_engine_five_gsm8k_questions_end_to_end(hf_engine, shared_data, tmp
 @pytest.mark.realdata
 def test_recipe_as_shipped_runs_on_vllm(vllm_engine, shared_data, tmp_path):
     """examples/rise_gsm8k.toml unchanged (its vLLM engine, sampling, fallback) on 2 questions."""
-    from prefdata.build import run_build
-
-    from ..conftest import REPO
-
-    result = run_build(REPO / "examples" / "rise_gsm8k.toml", input=shared_data / "gsm8k_test_300.jsonl", limit=2,
-                       output=tmp_path / "out", engines={"policy": vllm_engine})
-    stage = result.stats["stages"][0]
-    assert stage["rows_in"] == 2 and stage["counters"]["samples"] == 10 and stage["counters"]["edits_attempted"] == 4
+    result, stage = build_shipped("rise_gsm8k.toml", shared_data / "gsm8k_test_300.jsonl", vllm_engine, tmp_path, limit=2)
+    assert stage["counters"]["samples"] == 10 and stage["counters"]["edits_attempted"] == 4
     assert stage["counters"]["edits_accepted"] + sum(v for k, v in stage["drops"].items() if k.startswith("edit_")) == 4
     rows = result.dataset.to_list()
     assert {r["metadata"]["pair_type"] for r in rows} >= {"full_solution"}  # the fallback makes a chosen side
