@@ -199,7 +199,7 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
             raise TypeError(f"engines[{name!r}] must be a loaded prefdata Engine, got {type(engine).__name__} "
                             "(load one with prefdata.engines.load_engine)")
         pool.put(name, engine)
-    ctx = BuildContext(engines=pool, seed=seed, info={"input_rows": table.num_rows, "shard_size": shard_size})
+    ctx = BuildContext.for_input(pool, seed, table.num_rows, shard_size)
     outputs, stats = [], StageStats(stage.name)
     try:
         stage.setup(ctx)

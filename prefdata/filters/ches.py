@@ -59,6 +59,7 @@ from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import EngineStage, Stage, StageOutput
 from prefdata.schemas.errors import Reject
+from prefdata.schemas.pair import put_column
 from prefdata.train.data import tokenize_pair
 from prefdata.types import RejectReason
 
@@ -133,9 +134,7 @@ class ChesStage(EngineStage):
             ches[rows], ln_ches[rows] = ches_scores(sums[0::2], sums[1::2], n[:, 0], n[:, 1])
         counters["ches_scored"] += len(rows)
         for name, values in ((CHES, ches), (LN_CHES, ln_ches)):
-            column = pa.array(values, type=pa.float64(), mask=np.isnan(values))
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, name, column) if index >= 0 else table.append_column(name, column)
+            table = put_column(table, name, pa.array(values, type=pa.float64(), mask=np.isnan(values)))
         return StageOutput(table, [], counters)
 
 

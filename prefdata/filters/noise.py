@@ -50,6 +50,7 @@ from prefdata.filters.voting import MEMBER_MARGINS, STRENGTH_MEAN, STRENGTH_STD,
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import Stage, StageOutput
 from prefdata.schemas.errors import InputError
+from prefdata.schemas.pair import put_column
 
 CITATION = """@inproceedings{chowdhury2024provably,
   title={Provably Robust DPO: Aligning Language Models with Noisy Feedback},
@@ -221,8 +222,7 @@ class NoiseFilter(Stage):
             self.gold = read_gold(self.config.gold_path)
         estimate, flip_prob = estimate_flip_rate(table, self.config, self.gold)
         column = pa.array(flip_prob, type=pa.float64())
-        out = table.set_column(table.schema.get_field_index(FLIP_PROB), FLIP_PROB, column) \
-            if FLIP_PROB in table.column_names else table.append_column(FLIP_PROB, column)
+        out = put_column(table, FLIP_PROB, column)
         counters = {"noise_pairs_estimated": estimate["n"], "noise_pairs_unscored": table.num_rows - estimate["n"]}
         # no scored pair: no estimate at all (an epsilon of 0 from nothing would mislead the trainer)
         return StageOutput(out, [], counters, estimates={"flip_rate": estimate} if estimate["n"] else {})

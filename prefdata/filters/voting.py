@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import Stage, StageOutput
 from prefdata.schemas.errors import Reject
+from prefdata.schemas.pair import put_column
 from prefdata.scorers.ensemble import CITATION as ENSEMBLE_CITATION
 from prefdata.types import RejectReason
 
@@ -136,14 +137,8 @@ def score_table(table: pa.Table, config: VotingConfig) -> tuple[pa.Table, dict[s
     """The scoring step: append `strength_mean`, `strength_std`, `bucket` (rows in input order)."""
     scores, cuts = assign_buckets(strength(table, config.column), config)
     for name, kind in ((STRENGTH_MEAN, pa.float64()), (STRENGTH_STD, pa.float64()), (BUCKET, pa.string())):
-        table = _put(table, name, pa.array(scores[name].to_list(), type=kind))
+        table = put_column(table, name, pa.array(scores[name].to_list(), type=kind))
     return table, cuts
-
-
-def _put(table: pa.Table, name: str, column: pa.Array | pa.ChunkedArray) -> pa.Table:
-    if name in table.column_names:
-        return table.set_column(table.schema.get_field_index(name), name, column)
-    return table.append_column(name, column)
 
 
 def _negate(column: pa.ChunkedArray, mask: pa.Array) -> pa.ChunkedArray | pa.Array:
@@ -163,11 +158,11 @@ def flip_rows(table: pa.Table, mask: pa.Array, column: str = MEMBER_MARGINS) -> 
         twin = name.replace("chosen", "rejected")
         if "chosen" in name and twin in names:
             a, b = table.column(name), table.column(twin)
-            table = _put(table, name, pc.if_else(mask, b, a))
-            table = _put(table, twin, pc.if_else(mask, a, b))
+            table = put_column(table, name, pc.if_else(mask, b, a))
+            table = put_column(table, twin, pc.if_else(mask, a, b))
     for name in (column, STRENGTH_MEAN, "margin"):
         if name in names:
-            table = _put(table, name, _negate(table.column(name), mask))
+            table = put_column(table, name, _negate(table.column(name), mask))
     return table
 
 
@@ -181,10 +176,10 @@ def decide(table: pa.Table, config: VotingConfig, stage: str = "voting") -> tupl
         counters[f"voting_{a}_{b}" if b else "voting_unscored"] += 1
     flip = pa.array([a == "flip" for a in actions], type=pa.bool_())
     table = flip_rows(table, flip, config.column)
-    table = _put(table, FLIPPED, flip)
+    table = put_column(table, FLIPPED, flip)
     if config.decide.write_margin:
         mean = table.column(STRENGTH_MEAN)  # unscored rows keep the margin they had
-        table = _put(table, "margin", pc.if_else(pc.is_null(mean), table.column("margin"), mean)
+        table = put_column(table, "margin", pc.if_else(pc.is_null(mean), table.column("margin"), mean)
                      if "margin" in table.column_names else mean)
     drop = np.array([a == "drop" for a in actions], dtype=bool)
     rejects = []

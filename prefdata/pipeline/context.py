@@ -76,6 +76,11 @@ class BuildContext:
         """A per-row seed: the same row gets the same seed whatever shard or batch it lands in."""
         return derive_seed(self.seed, *parts)
 
+    @classmethod
+    def for_input(cls, engines: EnginePool, seed: int, input_rows: int, shard_size: int) -> BuildContext:
+        """A context that knows the input's size, so `check_whole_input` can check it."""
+        return cls(engines=engines, seed=seed, info={"input_rows": input_rows, "shard_size": shard_size})
+
     def check_whole_input(self, stage: str, what: str) -> None:
         """Raise if the input is split into several shards: for stages whose decision depends on
         all rows at once (a quantile threshold, duplicates). The executor records `input_rows` and

@@ -121,8 +121,7 @@ class LocalExecutor:
         for name, engine in job.engines.items():
             pool.put(name, engine)
         checkpoints = build_checkpoints(job, pool.configs)
-        ctx = BuildContext(engines=pool, seed=job.recipe.seed,
-                           info={"input_rows": job.table.num_rows, "shard_size": job.recipe.output.shard_size})
+        ctx = BuildContext.for_input(pool, job.recipe.seed, job.table.num_rows, job.recipe.output.shard_size)
         try:
             started = time.perf_counter()
             for stage in job.stages:

@@ -154,8 +154,7 @@ class StageWorker:
         self.stage = make_stage(parsed.stages[position])
         self.pool, self.store = engine_pool(parsed, Path(out_dir), use_cache)
         # input_rows/shard_size: stages that need the whole input (cross-fitting, dataset estimates) check it
-        self.ctx = BuildContext(engines=self.pool, seed=parsed.seed,
-                                info={"input_rows": input_rows, "shard_size": parsed.output.shard_size})
+        self.ctx = BuildContext.for_input(self.pool, parsed.seed, input_rows, parsed.output.shard_size)
         started = time.perf_counter()
         try:
             self.stage.setup(self.ctx)

@@ -101,5 +101,13 @@ def messages_text(messages: Sequence[Mapping[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
+def put_column(table: pa.Table, name: str, column: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """`table` with column `name` replaced in place, or appended when it is new (a stage that runs
+    twice, or after another writer of the column, overwrites rather than duplicates it)."""
+    if name in table.column_names:
+        return table.set_column(table.schema.get_field_index(name), name, column)
+    return table.append_column(name, column)
+
+
 def empty_pair_table(metadata_type: pa.StructType) -> pa.Table:
     return pair_schema(metadata_type).empty_table()

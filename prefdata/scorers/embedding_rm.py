@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from prefdata.engines.base import derive_seed
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.schemas.pair import put_column
 from prefdata.types import Chat, Role, ScoreError, SourceKind
 
 CITATION = """@article{bradley1952rank,
@@ -381,22 +382,16 @@ class EmbeddingRMStage(Stage):
         for name in LIST_COLUMNS:
             previous = table.column(name).to_pylist() if name in table.column_names else [[] for _ in range(len(pairs))]
             merged = [(old or []) + own for old, own in zip(previous, new[name])]
-            table = _put(table, name, pa.array(merged, type=pa.list_(pa.float64())))
+            table = put_column(table, name, pa.array(merged, type=pa.list_(pa.float64())))
         if self.config.aggregate != "none":
             source = new if self.config.aggregate == "own" else {n: table.column(n).to_pylist() for n in LIST_COLUMNS}
             for name, values in (("chosen_score", _mean(source["chosen_scores"])),
                                  ("rejected_score", _mean(source["rejected_scores"])),
                                  ("margin", _mean(source["member_margins"]))):
-                table = _put(table, name, pa.array(values, type=pa.float64()))
+                table = put_column(table, name, pa.array(values, type=pa.float64()))
         scored = ~np.isnan(scores.margins).all(axis=1)
         mean_margin = np.nanmean(scores.margins[scored], axis=1) if scored.any() else np.zeros(0)
         estimate = {"members": model.member_names(self.config.prefix), "folds": model.folds,
                     "fit_pairs": self.train_pairs if self.trained else len(pairs),
                     "out_of_fold_accuracy": round(float(np.mean(mean_margin > 0)), 6) if len(mean_margin) else None}
         return StageOutput(table, [], counters, estimates={"embedding_rm": estimate})
-
-
-def _put(table: pa.Table, name: str, column: pa.Array) -> pa.Table:
-    if name in table.column_names:
-        return table.set_column(table.schema.get_field_index(name), name, column)
-    return table.append_column(name, column)

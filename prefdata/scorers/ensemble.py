@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import Stage, StageOutput
 from prefdata.schemas.errors import Reject
+from prefdata.schemas.pair import put_column
 from prefdata.scorers import ScorerConfig, make_pair_scorer
 from prefdata.scorers.base import PairBatch, PairScorer, PairScoreResult
 from prefdata.scorers.reward_transform import pair_margin, per_prompt_references, transform
@@ -135,13 +136,6 @@ def _list_column(table: pa.Table, name: str) -> list[list[Any]]:
     return [[] for _ in range(table.num_rows)]
 
 
-def _set_column(table: pa.Table, name: str, values: list[Any], type_: pa.DataType) -> pa.Table:
-    column = pa.array(values, type=type_)
-    if name in table.column_names:
-        return table.set_column(table.schema.get_field_index(name), name, column)
-    return table.append_column(name, column)
-
-
 class ScoreStage(Stage):
     name: ClassVar[str] = "score"
     citation: ClassVar[str | None] = CITATION
@@ -188,9 +182,9 @@ class ScoreStage(Stage):
         prompt_keys = table.column("prompt_id").to_pylist()
         scores = self._aggregate(prompt_keys, chosen_text, rejected_text, lists)
         for name, values in lists.items():
-            table = _set_column(table, name, values, LIST_COLUMNS[name])
+            table = put_column(table, name, pa.array(values, type=LIST_COLUMNS[name]))
         for name, values in zip(AGGREGATE_COLUMNS, zip(*scores) if scores else ([], [], [])):
-            table = _set_column(table, name, list(values), pa.float64())
+            table = put_column(table, name, pa.array(list(values), type=pa.float64()))
 
         null_rows = [i for i, (_, _, margin) in enumerate(scores) if margin is None]
         counters["null_aggregate"] += len(null_rows)

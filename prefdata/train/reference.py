@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import EngineStage, StageOutput
+from prefdata.schemas.pair import put_column
 from prefdata.train.citations import CITATIONS
 from prefdata.train.data import REF_CHOSEN, REF_MODEL, REF_REJECTED, tokenize_pair
 
@@ -44,13 +45,8 @@ class ReferenceLogpsConfig(BaseModel):
 
 def add_reference_columns(table: pa.Table, chosen: list[float | None], rejected: list[float | None], model: str) -> pa.Table:
     for name, values in ((REF_CHOSEN, chosen), (REF_REJECTED, rejected)):
-        column = pa.array(values, type=pa.float64())
-        table = table.set_column(table.schema.get_field_index(name), name, column) if name in table.column_names \
-            else table.append_column(name, column)
-    models = pa.array([model] * table.num_rows, type=pa.string())
-    if REF_MODEL in table.column_names:
-        return table.set_column(table.schema.get_field_index(REF_MODEL), REF_MODEL, models)
-    return table.append_column(REF_MODEL, models)
+        table = put_column(table, name, pa.array(values, type=pa.float64()))
+    return put_column(table, REF_MODEL, pa.array([model] * table.num_rows, type=pa.string()))
 
 
 class ReferenceLogpsStage(EngineStage):
