@@ -10,8 +10,11 @@ command again after a crash and it resumes (`prefdata.pipeline.checkpoint`, `pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from typing import Any
 from prefdata import __version__
 from prefdata.engines.base import Engine
 from prefdata.pipeline.checkpoint import remove_temp_files
+from prefdata.pipeline.context import BuildProgress
 from prefdata.pipeline.executor import BuildJob, make_executor
 from prefdata.pipeline.local import ExecutionResult
 from prefdata.pipeline.stage import ChainError, check_chain
@@ -80,11 +84,15 @@ def prepare_output_dir(out_dir: Path) -> None:
 
 def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None, output: str | Path | None = None,
               limit: int | None = None, engines: dict[str, Engine] | None = None,
-              on_shard=None, cache: bool | None = None, executor: ExecutorKind | str | None = None) -> BuildResult:
+              on_shard=None, cache: bool | None = None, executor: ExecutorKind | str | None = None,
+              progress: BuildProgress | None = None,
+              capture: Callable[[Path], AbstractContextManager] | None = None) -> BuildResult:
     """Run a recipe; returns the output folder and its stats. `engines` supplies already-loaded
     engines by name (they are used instead of loading the recipe's, and not closed here).
     `cache` overrides the recipe's `output.cache` (the request cache); `executor` the recipe's
-    `[executor] kind` (local or ray)."""
+    `[executor] kind` (local or ray). `progress` receives stage and engine-chunk progress (local
+    executor); `capture(out_dir)`, once the output folder is checked, is entered around the
+    executor (engines load, run and close inside it: the CLI sends library output to a log there)."""
     started = time.perf_counter()
     recipe = resolve_recipe(recipe, input=input, output=output, limit=limit, executor=executor)
     out_dir = recipe.output_dir()
@@ -101,8 +109,9 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
         raise RecipeError(f"recipe {recipe.name}: engines passed in memory run only with the local executor "
                           f"(the {recipe.executor.kind.value} executor loads the recipe's engines in its workers)")
     job = BuildJob(recipe=recipe, table=source.table, stages=stages, out_dir=out_dir, use_cache=use_cache,
-                   engines=engines or {}, on_shard=on_shard)
-    outcome = make_executor(recipe.executor).run(job)
+                   engines=engines or {}, on_shard=on_shard, progress=progress)
+    with capture(out_dir) if capture is not None else contextlib.nullcontext():
+        outcome = make_executor(recipe.executor).run(job)
     result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
     _remove_stale_shards(out_dir, result)
     rejects = source.rejects + result.rejects

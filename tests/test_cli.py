@@ -39,11 +39,14 @@ def _write_recipe(tmp_path, backend):
 
 def test_cli_build_in_process(tmp_path):
     recipe = _write_recipe(tmp_path, "transformers")
-    result = CliRunner().invoke(app, ["build", str(recipe), "--output", str(tmp_path / "out"), "--limit", "2", "-q"])
+    result = CliRunner().invoke(app, ["build", str(recipe), "--output", str(tmp_path / "out"), "--limit", "2", "-q", "-v"])
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["source"]["rows_ok"] == 2
     assert len(prefdata.load(tmp_path / "out")) == stats["output"]["rows"]
+    # -v: the engine library's output (transformers' weight-loading bar) is shown and in the build log
+    log = (tmp_path / "out" / ".prefdata" / "build.log").read_text()
+    assert "Loading weights" in log and "Loading weights" in result.output
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
@@ -90,3 +93,25 @@ def test_no_cache_switch_turns_the_request_cache_off(tmp_path, monkeypatch):
     assert result.exit_code == 2 and seen["cache"] is False
     CliRunner().invoke(app, ["build", str(recipe), "-q"])
     assert seen["cache"] is None  # the recipe's `output.cache` decides (on by default)
+
+
+def test_help_texts_print_square_brackets_literally():
+    """Help texts are not Rich markup: "[push] table" stays, in every command's help."""
+    import re
+
+    import typer
+
+    result = CliRunner().invoke(app, ["build", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "push it if the recipe has a [push] table" in text
+    assert "Skip the recipe's [push] table" in text
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, command in group.commands.items():
+        helps = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        shown = " ".join(CliRunner().invoke(app, [name, "--help"]).output.split())
+        for token in re.findall(r"\[[^\]\s]+\]", " ".join(helps)):
+            assert token in shown, (name, token)
+            checked += 1
+    assert checked >= 4
