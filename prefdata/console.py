@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prefdata.interrupt import EXIT_CODE, interruptible
+from prefdata.schemas.errors import PrefdataError
 
 
 @dataclass
@@ -250,15 +251,20 @@ class BuildConsole(BuildProgressModel):
         import typer
 
         with interruptible() as stop:
-            if not self.quiet and self.console.is_terminal:  # elsewhere a live display shows nothing
+            live = not self.quiet and self.console.is_terminal  # elsewhere a live display shows nothing
+            if live:
                 self.display.start()
             try:
                 yield
-            except BaseException:
+            except BaseException as exc:
                 if stop.signal is None:
+                    if self.log_path is not None and not isinstance(exc, PrefdataError):  # a crash: where to look
+                        self.console.print(f"the engines' logs are in {escape(str(self.log_path))}", highlight=False,
+                                           soft_wrap=True)
                     raise
             finally:
-                self.display.stop()
+                if live:
+                    self.display.stop()
             if stop.signal is not None:
                 self.print_interrupted()
                 raise typer.Exit(code=EXIT_CODE)

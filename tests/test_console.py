@@ -172,3 +172,14 @@ def test_progress_display_escapes_stage_names():
     Console(file=out, width=200).print(view.display.make_tasks_table(view.display.tasks))
     rendered = out.getvalue()
     assert "[red]x[/red]" in rendered and "1/2 rows" in rendered and "generate 1/2" in rendered
+
+
+def test_a_crash_names_the_build_log_and_keeps_its_exception(tmp_path):
+    import pytest
+
+    out = io.StringIO()
+    view = BuildConsole(Console(file=out, width=300), quiet=True)
+    view.log_path = tmp_path / ".prefdata" / "build.log"
+    with pytest.raises(RuntimeError, match="engine died"), view.running():
+        raise RuntimeError("engine died")
+    assert out.getvalue() == f"the engines' logs are in {view.log_path}\n"
