@@ -10,15 +10,19 @@ command again after a crash and it resumes (`prefdata.pipeline.checkpoint`, `pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefdata import __version__
 from prefdata.engines.base import Engine
+from prefdata.pipeline.context import BuildProgress
 from prefdata.pipeline.executor import BuildJob, make_executor
 from prefdata.pipeline.local import ExecutionResult
 from prefdata.pipeline.stage import ChainError, check_chain
@@ -108,11 +112,16 @@ def planned_shards(out_dir: Path, rows: int, shard_size: int) -> list[Path]:
 def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None, output: str | Path | None = None,
               limit: int | None = None, engines: dict[str, Engine] | None = None,
               on_shard=None, cache: bool | None = None, executor: ExecutorKind | str | None = None,
-              overrides: list[str] | tuple[str, ...] = (), overwrite: bool = False) -> BuildResult:
+              overrides: list[str] | tuple[str, ...] = (), overwrite: bool = False,
+              progress: BuildProgress | None = None,
+              capture: Callable[[Path], AbstractContextManager] | None = None) -> BuildResult:
     """Run a recipe; returns the output folder and its stats. `engines` supplies already-loaded
     engines by name (they are used instead of loading the recipe's, and not closed here).
     `cache` overrides the recipe's `output.cache` (the request cache); `executor` the recipe's
-    `[executor] kind` (local or ray); `overrides` are `KEY=VALUE` strings (`--set`).
+    `[executor] kind` (local or ray); `overrides` are `KEY=VALUE` strings (`--set`). `progress`
+    receives stage and engine-chunk progress (local executor); `capture(out_dir)`, once the output
+    folder is claimed, is entered around the executor (engines load, run and close inside it: the
+    CLI sends library output to a log there).
 
     Everything that can fail without an engine is checked before one loads: the recipe, the output
     folder (it must be new, empty or an earlier prefdata build; `overwrite` discards that earlier
@@ -136,8 +145,9 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
         folder.will_write([*planned_shards(out_dir, source.table.num_rows, recipe.output.shard_size),
                            out_dir / REJECTS_FILE, out_dir / STATS_FILE, out_dir / RECIPE_FILE])
         job = BuildJob(recipe=recipe, table=source.table, stages=stages, out_dir=out_dir, use_cache=use_cache,
-                       engines=engines or {}, on_shard=on_shard)
-        outcome = make_executor(recipe.executor).run(job)
+                       engines=engines or {}, on_shard=on_shard, progress=progress)
+        with capture(out_dir) if capture is not None else contextlib.nullcontext():
+            outcome = make_executor(recipe.executor).run(job)
         result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
         folder.keep_only(result.shards)  # stale shards of an earlier, larger build in this folder
         rejects = source.rejects + result.rejects

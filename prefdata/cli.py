@@ -17,9 +17,11 @@ from rich.markup import escape
 
 from prefdata.types import ExecutorKind
 
+# rich_markup_mode=None: help texts print as written ("the recipe's [push] table"), not as Rich markup.
 app = typer.Typer(help="Build and curate preference data (prompt, chosen, rejected).", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-models_app = typer.Typer(help="Embedded models that ship inside PyPI packages.", no_args_is_help=True)
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+models_app = typer.Typer(help="Embedded models that ship inside PyPI packages.", no_args_is_help=True,
+                         rich_markup_mode=None)
 app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
@@ -32,65 +34,49 @@ def _fail(message: str) -> None:
 
 @app.command()
 def build(
-    recipe: Path = typer.Argument(..., help="Recipe file (TOML or YAML)"),
+    recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe file (TOML or YAML)"),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Override the recipe's source path"),  # noqa: UP007
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default out/<recipe name>)"),  # noqa: UP007
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N usable input rows"),  # noqa: UP007
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the engines' library logs (always written to OUT/.prefdata/build.log)"),
     no_push: bool = typer.Option(False, "--no-push", help="Skip the recipe's [push] table (build locally only)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the request cache (OUT/.prefdata/requests.sqlite)"),
     executor: Optional[ExecutorKind] = typer.Option(None, "--executor", "-e", help="Where the stages run (overrides the recipe's [executor] kind): local, or ray (a Ray cluster; local one if [executor] has no address)"),  # noqa: UP007
     set_: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a recipe value by its dotted path, e.g. --set seed=1 --set output.shard_size=50 --set stages.0.n=8 (repeatable; validated like the recipe file, recorded in recipe.json)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prefdata build in the output folder (its files, checkpoints and cache); never touches a folder prefdata did not write"),
 ) -> None:
-    """Build a preference dataset from RECIPE (and push it if the recipe has a [push] table)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Build a preference dataset from RECIPE (and push it if the recipe has a [push] table).
 
+    Library logs go to OUT/.prefdata/build.log (-v also shows them). Ctrl-C or SIGTERM stops the
+    build (exit code 130); the same command resumes it.
+    """
     from prefdata.build import run_build
+    from prefdata.console import BuildConsole
     from prefdata.schemas.errors import PrefdataError
 
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=console, disable=quiet, transient=False)
-    task = progress.add_task("shards", total=None)
-
-    def on_shard(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-        if not progress.live.is_started:
-            progress.start()
-
+    view = BuildConsole(console, quiet=quiet, verbose=verbose)
     try:
-        source = recipe
-        if no_push:
-            from prefdata.recipe import load_recipe
+        with view.running():  # the progress display; Ctrl-C/SIGTERM -> one line, exit 130
+            source = recipe
+            if no_push:
+                from prefdata.recipe import load_recipe
 
-            source = load_recipe(recipe).model_copy(update={"push": None})
-        try:
-            result = run_build(source, input=input, output=output, limit=limit, on_shard=on_shard,
+                source = load_recipe(recipe).model_copy(update={"push": None})
+            result = run_build(source, input=input, output=output, limit=limit, on_shard=view.on_shard,
                                cache=False if no_cache else None, executor=executor, overrides=set_,
-                               overwrite=overwrite)
-        finally:
-            progress.stop()
+                               overwrite=overwrite, progress=view, capture=view.capture)
     except PrefdataError as exc:
         _fail(str(exc))
-    stats = result.stats
-    console.print(f"[green]built[/] {stats['output']['rows']} pairs in {result.out_dir} "
-                  f"({stats['output']['rejects']} rejects, {stats['seconds']['total']:.1f}s)")
-    read = stats["source"]
-    read_drops = ", ".join(f"{k}={v}" for k, v in read["drops"].items()) or "none"
-    console.print(escape(f"  read: {read['rows_read']} rows -> {read['rows_ok']} usable; rejects: {read_drops}"),
-                  highlight=False)
-    for stage in stats["stages"]:
-        drops = ", ".join(f"{k}={v}" for k, v in stage["drops"].items()) or "none"
-        console.print(escape(f"  {stage['name']}: {stage['rows_in']} -> {stage['rows_out']} rows; drops: {drops}"),
-                      highlight=False)
+    view.print_summary(result.stats, result.out_dir)
     if result.pushed is not None:
         _report_push(result.pushed)
 
 
 def _report_push(pushed) -> None:
     splits = ", ".join(f"{name} {rows}" for name, rows in pushed.splits.items())
-    console.print(f"[green]pushed[/] {pushed.repo_id} (config {pushed.config_name}: {splits}) in one commit "
-                  f"{pushed.commit_oid[:12]}: {pushed.url}", highlight=False, soft_wrap=True)
+    console.print(f"[green]pushed[/] {escape(pushed.repo_id)} (config {escape(pushed.config_name)}: {escape(splits)}) "
+                  f"in one commit {pushed.commit_oid[:12]}: {escape(str(pushed.url))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -137,7 +123,7 @@ def inspect(
         _fail(str(exc))
     print_summary(summary, StdoutConsole())
     if html is not None:
-        console.print(f"[green]wrote[/] {write_html(summary, html)}", highlight=False)
+        console.print(f"[green]wrote[/] {escape(str(write_html(summary, html)))}", highlight=False)
 
 
 def _config(cls, values: dict):
@@ -197,7 +183,7 @@ def train(
     except PrefdataError as exc:
         _fail(str(exc))
     last = result.metrics[-1] if result.metrics else {}
-    console.print(f"[green]trained[/] {result.steps} steps -> {result.run_dir} "
+    console.print(f"[green]trained[/] {result.steps} steps -> {escape(str(result.run_dir))} "
                   f"(loss {last.get('loss', float('nan')):.4f}, reward margin {last.get('rewards/margin', float('nan')):+.4f})")
     if result.eval_after is not None:
         for name, metrics in (("before", result.eval_before), ("after", result.eval_after)):
@@ -241,7 +227,7 @@ def models_provision() -> None:
     from prefdata.engines.embedded import MINILM, SMOLLM2, resolve_model
 
     for name in (SMOLLM2, MINILM):
-        console.print(f"{name}: {resolve_model(name)}")
+        console.print(f"{escape(name)}: {escape(str(resolve_model(name)))}", highlight=False)
 
 
 @app.command()

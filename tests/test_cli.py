@@ -39,11 +39,14 @@ def _write_recipe(tmp_path, backend):
 
 def test_cli_build_in_process(tmp_path):
     recipe = _write_recipe(tmp_path, "transformers")
-    result = CliRunner().invoke(app, ["build", str(recipe), "--output", str(tmp_path / "out"), "--limit", "2", "-q"])
+    result = CliRunner().invoke(app, ["build", str(recipe), "--output", str(tmp_path / "out"), "--limit", "2", "-q", "-v"])
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert stats["source"]["rows_ok"] == 2
     assert len(prefdata.load(tmp_path / "out")) == stats["output"]["rows"]
+    # -v: the engine library's output (transformers' weight-loading bar) is shown and in the build log
+    log = (tmp_path / "out" / ".prefdata" / "build.log").read_text()
+    assert "Loading weights" in log and "Loading weights" in result.output
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
@@ -130,3 +133,25 @@ def test_set_and_overwrite_options_reach_the_build(tmp_path):
     assert json.loads((out / "recipe.json").read_text())["seed"] == 0
     bad = CliRunner().invoke(app, ["build", str(recipe), "-o", str(out), "-q", "--set", "output.shard_size=0"])
     assert bad.exit_code == 2 and "output.shard_size: Input should be greater than or equal to 1" in bad.output
+
+
+def test_help_texts_print_square_brackets_literally():
+    """Help texts are not Rich markup: "[push] table" stays, in every command's help."""
+    import re
+
+    import typer
+
+    result = CliRunner().invoke(app, ["build", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "push it if the recipe has a [push] table" in text
+    assert "Skip the recipe's [push] table" in text
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, command in group.commands.items():
+        helps = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        shown = " ".join(CliRunner().invoke(app, [name, "--help"]).output.split())
+        for token in re.findall(r"\[[^\]\s]+\]", " ".join(helps)):
+            assert token in shown, (name, token)
+            checked += 1
+    assert checked >= 4

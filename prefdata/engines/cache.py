@@ -129,7 +129,10 @@ def _cacheable(p: SamplingParams) -> bool:
 
 
 class CachedEngine(Engine):
-    """An engine that asks `store` before it asks `inner` (store None: chunking only, no cache)."""
+    """An engine that asks `store` before it asks `inner` (store None: chunking only, no cache).
+    `on_chunk(operation, done, total)`, when set, is called after each chunk (progress displays)."""
+
+    on_chunk: Callable[[str, int, int], None] | None = None
 
     def __init__(self, inner: Engine, store: RequestStore | None, identity: dict[str, Any] | None = None,
                  chunk: int = CHUNK_REQUESTS):
@@ -151,7 +154,7 @@ class CachedEngine(Engine):
         return fingerprint([self._identity, op, *parts])
 
     def _chunked(self, count: int, keys: list[str | None], run: Callable[[list[int]], list[Any]],
-                 encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]) -> list[Any]:
+                 encode: Callable[[Any], bytes], decode: Callable[[bytes], Any], op: str = "") -> list[Any]:
         results: list[Any] = [None] * count
         for start in range(0, count, self.chunk):
             positions = list(range(start, min(start + self.chunk, count)))
@@ -161,13 +164,14 @@ class CachedEngine(Engine):
             for i in positions:
                 if i not in todo:
                     results[i] = decode(found[keys[i]])
-            if not todo:
-                continue
-            for i, value in zip(todo, run(todo)):
-                results[i] = value
-            if self.store is not None:
-                self.store.put_many({keys[i]: encode(results[i]) for i in todo if keys[i] is not None})
-            fault_point("engine_chunk")
+            if todo:
+                for i, value in zip(todo, run(todo)):
+                    results[i] = value
+                if self.store is not None:
+                    self.store.put_many({keys[i]: encode(results[i]) for i in todo if keys[i] is not None})
+                fault_point("engine_chunk")
+            if self.on_chunk is not None:
+                self.on_chunk(op, positions[-1] + 1, count)
         return results
 
     def generate(self, prompts: Sequence[Sequence[int]],
@@ -177,14 +181,14 @@ class CachedEngine(Engine):
                 for ids, p in zip(prompts, per_prompt)]
         return self._chunked(len(prompts), keys,
                              lambda todo: self.inner.generate([prompts[i] for i in todo], [per_prompt[i] for i in todo]),
-                             encode_completions, decode_completions)
+                             encode_completions, decode_completions, "generate")
 
     def score(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[np.ndarray]:
         keys = [self._key("score", list(map(int, p)), list(map(int, t))) for p, t in zip(prompts, targets)]
         return self._chunked(len(prompts), keys,
                              lambda todo: self.inner.score([prompts[i] for i in todo], [targets[i] for i in todo]),
                              lambda a: np.asarray(a, dtype="<f8").tobytes(),
-                             lambda b: np.frombuffer(b, dtype="<f8").astype(np.float64))
+                             lambda b: np.frombuffer(b, dtype="<f8").astype(np.float64), "score")
 
     def hidden_states(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
         return self.inner.hidden_states(sequences)
@@ -198,7 +202,7 @@ class CachedEngine(Engine):
                              lambda todo: list(self.inner.hidden_state_sums([sequences[i] for i in todo],
                                                                             [spans[i] for i in todo])),
                              lambda a: np.asarray(a, dtype="<f8").tobytes(),
-                             lambda b: np.frombuffer(b, dtype="<f8").astype(np.float64))
+                             lambda b: np.frombuffer(b, dtype="<f8").astype(np.float64), "hidden_state_sums")
         return np.stack(rows) if rows else np.zeros((0, 0))
 
     def close(self) -> None:

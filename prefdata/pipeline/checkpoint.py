@@ -163,7 +163,8 @@ def run_shard(index: int, shard: pa.Table, stages: Sequence[Stage], ctx: BuildCo
     """Run every stage on one shard, starting after the last stage with a checkpoint."""
     if checkpoints is None:
         result = ShardResult(shard)
-        for stage in stages:
+        for position, stage in enumerate(stages):
+            ctx.stage_started(position, index, result.table.num_rows)
             out, stats = stage.run(result.table, ctx)
             result.table = out.table
             result.rejects.extend(out.rejects)
@@ -184,6 +185,7 @@ def run_shard(index: int, shard: pa.Table, stages: Sequence[Stage], ctx: BuildCo
         result.table = read_as_built(last.table_path)
     for position in range(result.resumed_stages, len(stages)):
         stage = stages[position]
+        ctx.stage_started(position, index, result.table.num_rows)
         out, stats = stage.run(result.table, ctx)
         checkpoints.save(position, stage.name, index, keys[position], out, stats)
         fault_point("stage_done")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from prefdata.engines.base import Engine, derive_seed
 from prefdata.engines.config import EngineConfig
@@ -62,15 +62,39 @@ class EnginePool:
         self._wrapped.clear()
 
 
+class BuildProgress(Protocol):
+    """What the local executor reports while it runs (`prefdata.console` renders it). Calls come
+    from the process running the stages, in this order per shard: `stage_started` for each stage
+    that runs (checkpointed ones are skipped), `engine_chunk` after each engine request chunk,
+    `shard_done` once the shard's output is written."""
+
+    def begin(self, stages: list[str], shard_rows: list[int]) -> None:
+        """The build's stages (names, in order) and the usable input rows of each shard."""
+
+    def stage_started(self, position: int, shard: int, rows: int) -> None:
+        """Stage `position` starts on shard `shard` with `rows` input rows."""
+
+    def engine_chunk(self, operation: str, done: int, total: int) -> None:
+        """An engine call (`generate`, `score`, ...) has `done` of its `total` requests answered."""
+
+    def shard_done(self, shard: int, counts: list[tuple[int, int]], resumed_stages: int) -> None:
+        """Shard `shard` is written: (rows in, rows out) per stage; the first `resumed_stages` came
+        from checkpoints."""
+
+
 @dataclass
 class BuildContext:
     engines: EnginePool
     seed: int = 0
-    progress: Callable[[str, int], None] | None = None  # (description, rows done) for long stages
+    progress: BuildProgress | None = None  # where the executor reports progress (None: nowhere)
     info: dict[str, Any] = field(default_factory=dict)
 
     def engine(self, name: str) -> Engine:
         return self.engines.get(name)
+
+    def stage_started(self, position: int, shard: int, rows: int) -> None:
+        if self.progress is not None:
+            self.progress.stage_started(position, shard, rows)
 
     def seed_for(self, *parts: Any) -> int:
         """A per-row seed: the same row gets the same seed whatever shard or batch it lands in."""

@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from prefdata.engines.base import Engine
 from prefdata.engines.config import EngineConfig
 from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE, Checkpoints
-from prefdata.pipeline.context import BuildContext, EnginePool
-from prefdata.pipeline.local import ExecutionResult, run_local
+from prefdata.pipeline.context import BuildContext, BuildProgress, EnginePool
+from prefdata.pipeline.local import ExecutionResult, iter_shards, run_local
 from prefdata.pipeline.stage import Stage
 from prefdata.types import ExecutorKind
 
@@ -81,6 +81,7 @@ class BuildJob:
     use_cache: bool
     engines: Mapping[str, Engine] = field(default_factory=dict)  # already-loaded engines (local executor only)
     on_shard: Callable[[int, int], None] | None = None
+    progress: BuildProgress | None = None  # stage/chunk progress (local executor; Ray reports shards only)
 
 
 @dataclass
@@ -95,8 +96,10 @@ class Executor(Protocol):
     def run(self, job: BuildJob) -> ExecutorOutcome: ...
 
 
-def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool) -> tuple[EnginePool, RequestStore | None]:
-    """The recipe's engines behind the request cache (every executor process builds its own)."""
+def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool,
+                on_chunk: Callable[[str, int, int], None] | None = None) -> tuple[EnginePool, RequestStore | None]:
+    """The recipe's engines behind the request cache (every executor process builds its own);
+    `on_chunk(operation, done, total)` is called after each chunk of engine requests."""
     from prefdata.engines.cache import CachedEngine, RequestStore
 
     store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(recipe.output.cache_max_gib * 1024**3)) if use_cache else None
@@ -104,7 +107,9 @@ def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool) -> tuple[EngineP
     def wrap(engine: Engine, config: EngineConfig) -> Engine:
         # Also without a store: CachedEngine's fixed request chunks keep an engine's batches, and so
         # its numerics, the same with the cache on or off.
-        return CachedEngine(engine, store, identity={"config": config.model_dump(mode="json")})
+        cached = CachedEngine(engine, store, identity={"config": config.model_dump(mode="json")})
+        cached.on_chunk = on_chunk
+        return cached
 
     return EnginePool(recipe.engines, wrap=wrap), store
 
@@ -117,11 +122,16 @@ class LocalExecutor:
     """Shards in order in this process (`run_local`); engines load once, in this process."""
 
     def run(self, job: BuildJob) -> ExecutorOutcome:
-        pool, store = engine_pool(job.recipe, job.out_dir, job.use_cache)
+        pool, store = engine_pool(job.recipe, job.out_dir, job.use_cache,
+                                  on_chunk=job.progress.engine_chunk if job.progress is not None else None)
         for name, engine in job.engines.items():
             pool.put(name, engine)
         checkpoints = build_checkpoints(job, pool.configs)
         ctx = BuildContext.for_input(pool, job.recipe.seed, job.table.num_rows, job.recipe.output.shard_size)
+        ctx.progress = job.progress
+        if job.progress is not None:  # before the engines load: an interrupt then still knows N shards
+            job.progress.begin([stage.name for stage in job.stages],
+                               [shard.num_rows for shard in iter_shards(job.table, job.recipe.output.shard_size)])
         try:
             started = time.perf_counter()
             for stage in job.stages:

@@ -56,6 +56,8 @@ def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_d
         fault_point("shard_done")
         result.shards.append(path)
         result.rows += done.table.num_rows
+        if ctx.progress is not None:
+            ctx.progress.shard_done(index, [(s.rows_in, s.rows_out) for s in done.stats], done.resumed_stages)
         if on_shard is not None:
             on_shard(index + 1, len(shards))
     return result

@@ -1,0 +1,185 @@
+"""The build console: progress bookkeeping, the summary, library output captured to a log.
+
+The bookkeeping is driven by scripted events (a fake clock; orchestration logic) and by a real
+build on the transformers engine, whose rows done must advance inside its one shard.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+
+from rich.console import Console
+
+from prefdata.build import run_build
+from prefdata.console import BuildConsole, BuildProgressModel, print_summary
+from prefdata.logs import capture_output
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rows_advance_per_engine_chunk_never_back_and_totals_project():
+    clock = Clock()
+    model = BuildProgressModel(clock=clock)
+    model.begin(["on_policy", "reference_logps"], [4, 4])
+    assert model.rows(0) == (0, 8, True) and model.rows(1) == (0, None, False)
+    model.stage_started(0, 0, 4)
+    model.engine_chunk("generate", 2, 4)  # half the first call's requests: half the shard's rows
+    assert model.rows(0)[0] == 2
+    model.engine_chunk("generate", 4, 4)
+    assert model.rows(0)[0] == 3  # a shard counts as done only when the stage finishes it
+    model.engine_chunk("score", 4, 8)  # a second call: the share drops to 8/12, the count stays
+    assert model.rows(0)[0] == 3
+    clock.now = 10.0
+    model.stage_started(1, 0, 3)  # on_policy kept 3 of 4 rows: stage 1's total is projected
+    assert model.rows(1) == (0, 6, False)
+    clock.now = 12.0
+    model.shard_done(0, [(4, 3), (3, 3)], resumed_stages=0)
+    assert model.rows(0) == (4, 8, True) and model.rows(1) == (3, 6, False)
+    assert model.shards_done == 1
+    # shard 1: the requests per row of shard 0 (12 for 4 rows) set the share from the first chunk on
+    model.stage_started(0, 1, 4)
+    model.engine_chunk("generate", 4, 4)
+    assert model.stages[0].share() == 4 / 12
+    assert model.rows(0)[0] == 4 + 1
+    clock.now = 15.0
+    # ETA: 10 s for 4 rows, then 3 s for 4/12 of 4 rows -> 13 s / 5.33 rows; 2.67 rows left
+    assert abs(model.stages[0].eta(model.input_rows, clock.now) - (8 - 4 - 4 / 3) * 13 / (4 + 4 / 3)) < 1e-9
+
+
+def test_resumed_shards_count_as_done_but_not_in_the_eta():
+    clock = Clock()
+    model = BuildProgressModel(clock=clock)
+    model.begin(["a"], [2, 2])
+    model.shard_done(0, [(2, 2)], resumed_stages=1)  # from checkpoints: no stage ran
+    assert model.rows(0) == (2, 4, True)
+    assert model.stages[0].eta(model.input_rows, clock.now) is None  # no rate measured yet
+    model.stage_started(0, 1, 2)
+    clock.now = 4.0
+    model.engine_chunk("generate", 1, 2)
+    assert model.stages[0].eta(model.input_rows, clock.now) == 4.0  # 1 row in 4 s, 1 row left
+
+
+def test_rows_done_advance_inside_a_single_shard_of_a_real_build(tmp_path, hf_engine):
+    """40 pairs in one shard through `reference_logps`: 80 score requests, two engine chunks, so
+    the stage's rows done move twice before the shard is finished."""
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}.", "chosen": f"{i}.", "rejected": "No."}) + "\n"
+                              for i in range(40)))
+    seen: list[tuple[str, int, int]] = []
+
+    class Recorder(BuildProgressModel):
+        def engine_chunk(self, operation, done, total):
+            super().engine_chunk(operation, done, total)
+            seen.append(("chunk", self.rows(0)[0], self.shards_done))
+
+        def shard_done(self, shard, counts, resumed_stages):
+            super().shard_done(shard, counts, resumed_stages)
+            seen.append(("shard", self.rows(0)[0], self.shards_done))
+
+    recipe = {"name": "progress", "source": {"path": str(source), "kind": "pairs"},
+              "engines": {"policy": {"backend": "transformers", "dtype": "float32"}},
+              "stages": [{"type": "reference_logps"}], "output": {"dir": str(tmp_path / "out"), "shard_size": 64}}
+    recorder = Recorder()
+    run_build(recipe, engines={"policy": hf_engine}, progress=recorder, cache=False)
+    assert seen == [("chunk", 32, 0), ("chunk", 39, 0), ("shard", 40, 1)]
+
+
+def _stats(name: str = "on_policy") -> dict:
+    return {"output": {"rows": 3, "rejects": 2, "shards": 1},
+            "seconds": {"total": 12.5, "engine_setup": 4.0},
+            "source": {"rows_read": 5, "rows_ok": 4, "drops": {"[invalid_json]": 1}},
+            "stages": [{"name": name, "rows_in": 4, "rows_out": 3, "drops": {"all_tied": 1}, "seconds": 7.31}],
+            "resumed": {"shards": 0, "stages": 0}}
+
+
+def test_summary_shows_read_rejects_stage_drops_and_brackets_literally(tmp_path):
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    print_summary(console, _stats("[bold]stage[/bold]"), tmp_path / "[push]", tmp_path / "build.log")
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert lines[0] == f"built 3 pairs in {tmp_path / '[push]'} (2 rejects, 12.5s)"
+    assert "5 -> 4 rows" in lines[1] and "rejects: [invalid_json] 1" in lines[1]
+    assert "[bold]stage[/bold]" in lines[2] and "4 -> 3 rows" in lines[2] and "7.3s" in lines[2]
+    assert "drops: all_tied 1" in lines[2]
+    assert f"library logs: {tmp_path / 'build.log'}" in lines[3]
+    assert len(lines) == 4
+
+
+def test_interrupt_line_counts_finished_shards():
+    out = io.StringIO()
+    view = BuildConsole(Console(file=out, width=200), quiet=True)
+    view.begin(["a"], [1, 1, 1])
+    view.shard_done(0, [(1, 1)], 0)
+    view.print_interrupted()
+    assert out.getvalue() == "interrupted after 1 of 3 shards; rerun the same command to resume\n"
+
+
+def test_capture_sends_fds_python_streams_children_and_warnings_to_the_log(tmp_path, capfd):
+    log = tmp_path / "state" / "build.log"
+    with capture_output(log, header="test") as console:
+        os.write(1, b"fd one\n")
+        os.write(2, b"fd two\n")
+        print("python stdout")
+        print("python stderr", file=sys.stderr)
+        handler = logging.StreamHandler()  # as a library configures its logging on import: bound to sys.stderr
+        logging.getLogger("prefdata-test-library").addHandler(handler)
+        logging.getLogger("prefdata-test-library").warning("a library log line")
+        logging.getLogger("prefdata-test-library").removeHandler(handler)
+        subprocess.run([sys.executable, "-c", "import sys, warnings; print('child out'); print('child err', file=sys.stderr); "
+                        "warnings.warn('a library warning')"], check=True)
+        console.write("for the user\n")
+    captured = capfd.readouterr()
+    text = log.read_text()
+    for line in ("fd one", "fd two", "python stdout", "python stderr", "a library log line", "child out", "child err",
+                 "a library warning"):
+        assert line in text
+        assert line not in captured.out + captured.err
+    assert "for the user" in captured.err and "for the user" not in text
+    assert text.startswith("=== test ")
+    print("after")  # descriptors restored
+    assert capfd.readouterr().out == "after\n"
+
+
+def test_capture_with_echo_tees_each_line(tmp_path, capfd):
+    shown: list[str] = []
+    log = tmp_path / "build.log"
+    with capture_output(log, echo=shown.append):
+        os.write(2, b"engine INFO line\n")
+        subprocess.run([sys.executable, "-c", "print('child line')"], check=True)
+    assert shown == ["engine INFO line", "child line"]
+    assert "engine INFO line" in log.read_text() and "child line" in log.read_text()
+    assert "engine INFO line" not in capfd.readouterr().err
+
+
+def test_progress_display_escapes_stage_names():
+    view = BuildConsole(Console(file=io.StringIO(), width=200), quiet=False)
+    view.begin(["[red]x[/red]"], [2])
+    view.stage_started(0, 0, 2)
+    view.engine_chunk("generate", 1, 2)
+    out = io.StringIO()
+    Console(file=out, width=200).print(view.display.make_tasks_table(view.display.tasks))
+    rendered = out.getvalue()
+    assert "[red]x[/red]" in rendered and "1/2 rows" in rendered and "generate 1/2" in rendered
+
+
+def test_a_crash_names_the_build_log_and_keeps_its_exception(tmp_path):
+    import pytest
+
+    out = io.StringIO()
+    view = BuildConsole(Console(file=out, width=300), quiet=True)
+    view.log_path = tmp_path / ".prefdata" / "build.log"
+    with pytest.raises(RuntimeError, match="engine died"), view.running():
+        raise RuntimeError("engine died")
+    assert out.getvalue() == f"the engines' logs are in {view.log_path}\n"
