@@ -3,7 +3,8 @@
     python bench/generate.py [--prompts 32] [--n 4] [--max-tokens 128] [--skip-transformers]
 
 Prints tokens/s of generated tokens for each path, and the ratios to bare vLLM, from one run
-(this machine is noisy: compare ratios within a run, not numbers across runs). All paths use
+(this machine is noisy: compare ratios within a run, not numbers across runs). The two vLLM
+paths run interleaved (prefdata, bare, bare, prefdata), each from an empty prefix cache. All paths use
 the embedded SmolLM2-135M-Instruct in bf16 and the same chat-templated prompts.
 """
 
@@ -39,17 +40,29 @@ def main() -> None:
     params = [SamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=i) for i in range(len(ids))]
     engine.generate(ids[:2], SamplingParams(max_tokens=8))  # warm-up
 
-    out, seconds = timed(lambda: engine.generate(ids, params))
-    tokens = sum(len(c.token_ids) for o in out for c in o)
-    results["prefdata vLLM engine.generate"] = {"tokens": tokens, "seconds": seconds}
-
     from vllm import SamplingParams as VSamplingParams
 
     bare = engine._llm  # the same loaded LLM, called directly: what the wrapper costs
     vparams = VSamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=None)
-    vout, seconds = timed(lambda: bare.generate([{"prompt_token_ids": p} for p in ids], vparams, use_tqdm=False))
-    tokens = sum(len(c.token_ids) for o in vout for c in o.outputs)
-    results["bare vLLM LLM.generate"] = {"tokens": tokens, "seconds": seconds}
+
+    def run_prefdata() -> tuple[int, float]:
+        out, seconds = timed(lambda: engine.generate(ids, params))
+        return sum(len(c.token_ids) for o in out for c in o), seconds
+
+    def run_bare() -> tuple[int, float]:
+        bare.reset_prefix_cache()  # as prefdata's engine does before each call: no warm prefixes
+        vout, seconds = timed(lambda: bare.generate([{"prompt_token_ids": p} for p in ids], vparams, use_tqdm=False))
+        return sum(len(c.token_ids) for o in vout for c in o.outputs), seconds
+
+    # Interleaved (prefdata, bare, bare, prefdata): neither path always runs first on a warm machine.
+    totals = {"prefdata vLLM engine.generate": [0, 0.0], "bare vLLM LLM.generate": [0, 0.0]}
+    for name, run in (("prefdata vLLM engine.generate", run_prefdata), ("bare vLLM LLM.generate", run_bare),
+                      ("bare vLLM LLM.generate", run_bare), ("prefdata vLLM engine.generate", run_prefdata)):
+        tokens, seconds = run()
+        totals[name][0] += tokens
+        totals[name][1] += seconds
+    for name, (tokens, seconds) in totals.items():
+        results[name] = {"tokens": tokens, "seconds": seconds}
 
     stage = OnPolicyGenerator(OnPolicyConfig(n=args.n, sampling={"max_tokens": args.max_tokens, "temperature": 0.8}))
     pool = EnginePool({})

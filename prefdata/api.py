@@ -193,7 +193,7 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
     check_chain([stage], table.column_names)
 
     # The builder's request chunking (no cache): the engine sees the batches a build gives it.
-    pool = EnginePool({}, wrap=lambda engine, _config: CachedEngine(engine, None))
+    pool = EnginePool({}, wrap=lambda engine, identity: CachedEngine(engine, None, identity=identity))
     for name, engine in (engines or {}).items():
         if not isinstance(engine, Engine):
             raise TypeError(f"engines[{name!r}] must be a loaded prefdata Engine, got {type(engine).__name__} "

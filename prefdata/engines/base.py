@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from prefdata.schemas.pair import fingerprint
 from prefdata.types import EngineBackend
 
 
@@ -134,9 +135,34 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends that hold nothing outside the process
         """Release the model (and any engine process)."""
 
-    def identity(self) -> dict[str, Any]:
-        """What determines this engine's outputs (for fingerprints and dataset cards)."""
-        return {"backend": self.backend.value, "model": self.model_id, "revision": self.revision}
+    def identity(self) -> dict[str, Any] | None:
+        """What determines this engine's outputs: the contract every backend implements.
+
+        Return a JSON-serialisable dict that changes whenever the engine could answer the same
+        request differently, and only then: the backend, the REAL model (not its name: a hub id's
+        resolved commit, a local folder's file fingerprint, an embedded model's package version,
+        an in-memory model's weight hash; see `prefdata.engines.identity`) and the settings that
+        change numerics (dtype, context length, batch settings). Never a URL, a path that only
+        locates the model, a token or a key: a served backend reports the served model's name and
+        what its server says it serves (`/v1/models` id/root, revision if known). Return None when
+        the identity cannot be had cheaply: nothing this engine computes is then reused (no
+        checkpoint of a stage using it, no request-cache entry). Checkpoints
+        (`prefdata.pipeline.identity`) and the request cache (`prefdata.engines.cache`) key on it;
+        generators also put it into pair ids. The default is None (unknown)."""
+        return None
+
+    def describe(self, identity: Any = None) -> dict[str, Any]:
+        """What stats.json and the dataset card show for this engine: the name it was asked for,
+        what that name resolved to (commit, folder fingerprint, package version) and a short hash
+        of its identity, or "unknown". Pass `identity` when it is already known."""
+        identity = self.identity() if identity is None else identity
+        out: dict[str, Any] = {"backend": self.backend.value, "model": self.model_id, "revision": self.revision}
+        if identity is None:
+            return {**out, "identity": "unknown (results not reused)"}
+        model = identity.get("model")
+        if isinstance(model, dict):
+            out.update({k: v for k, v in model.items() if isinstance(v, str | int | float) and k not in out})
+        return {**out, "identity": fingerprint(identity)[:16]}
 
     def __enter__(self) -> Engine:
         return self

@@ -2,9 +2,11 @@
 
 `CachedEngine` wraps an `Engine` and answers `generate` and `score` requests from a
 `RequestStore` (one embedded SQLite file) when it has them. A request's key is the SHA-256 of
-(the engine's identity and config: backend, model, revision, dtype...; the operation; the
-sampling parameters including the request's seed; the prompt token ids, and for `score` the
-target ids). Values are stored as JSON (completions) or raw float64 bytes (scores), never pickled.
+(the engine's real identity, `Engine.identity()`: backend, settings and what the model really
+is - resolved hub commit, model folder fingerprint, embedded package version or in-memory weight
+hash - plus the package versions; the operation; the sampling parameters including the
+request's seed; the prompt token ids, and for `score` the target ids). An engine whose identity
+is unknown (None) is never served from the cache. Values are stored as JSON (completions) or raw float64 bytes (scores), never pickled.
 
 Decisions:
 * Only reproducible requests are cached: `score` always; `generate` when the request has a seed
@@ -128,16 +130,28 @@ def _cacheable(p: SamplingParams) -> bool:
     return p.seed is not None or p.temperature == 0
 
 
+_ASK = object()
+
+
 class CachedEngine(Engine):
     """An engine that asks `store` before it asks `inner` (store None: chunking only, no cache).
-    `on_chunk(operation, done, total)`, when set, is called after each chunk (progress displays)."""
+
+    `identity` is the wrapped engine's identity when the caller already has it (else it is asked
+    once, here: an in-memory model is hashed once per wrapper, i.e. once per build); `key` is what
+    requests are keyed by (default: that identity; the builder adds package versions,
+    `prefdata.pipeline.identity.engine_key`). A None key (an engine whose identity is unknown)
+    turns the store off for this engine: nothing is read from or written to the cache for it.
+    `on_chunk(operation, done, total)`, when set, is called after each chunk (progress displays).
+    """
 
     on_chunk: Callable[[str, int, int], None] | None = None
 
-    def __init__(self, inner: Engine, store: RequestStore | None, identity: dict[str, Any] | None = None,
-                 chunk: int = CHUNK_REQUESTS):
-        self.inner, self.store, self.chunk = inner, store, chunk
-        self._identity = {"engine": inner.identity(), **(identity or {})}
+    def __init__(self, inner: Engine, store: RequestStore | None, identity: Any = _ASK, chunk: int = CHUNK_REQUESTS,
+                 *, key: Any = _ASK):
+        self.inner, self.chunk = inner, chunk
+        self._engine_identity: dict[str, Any] | None = inner.identity() if identity is _ASK else identity
+        self._identity: dict[str, Any] | None = self._engine_identity if key is _ASK else key
+        self.store = store if self._identity is not None else None
         self.backend, self.model_id, self.model_path = inner.backend, inner.model_id, inner.model_path
         self.revision, self.tokenizer, self.max_model_len = inner.revision, inner.tokenizer, inner.max_model_len
 
@@ -147,8 +161,11 @@ class CachedEngine(Engine):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    def identity(self) -> dict[str, Any]:
-        return self.inner.identity()
+    def identity(self) -> dict[str, Any] | None:
+        return self._engine_identity
+
+    def describe(self, identity: Any = None) -> dict[str, Any]:
+        return self.inner.describe(self._engine_identity if identity is None else identity)
 
     def _key(self, op: str, *parts: Any) -> str:
         return fingerprint([self._identity, op, *parts])

@@ -21,6 +21,7 @@ import numpy as np
 from prefdata.engines.base import Completion, Engine, SamplingParams, check_spans, normalise_params
 from prefdata.engines.config import EngineConfig
 from prefdata.engines.embedded import resolve_model
+from prefdata.engines.identity import config_identity, tensors_fingerprint, tokenizer_fingerprint
 from prefdata.types import EngineBackend
 
 
@@ -40,6 +41,7 @@ class TransformersEngine(Engine):
         self.config = config or EngineConfig(backend=EngineBackend.TRANSFORMERS)
         self.model_id = self.config.model or "embedded:smollm2-135m-instruct"
         self.revision = self.config.revision
+        self.in_memory = model is not None
         if model is not None:
             self.model, self.tokenizer = model, tokenizer
             self.model_path = getattr(model, "name_or_path", "in-memory")
@@ -51,12 +53,24 @@ class TransformersEngine(Engine):
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, **common)
         if self.tokenizer is None:
             raise ValueError("a tokenizer is required")
+        self._identity = None if self.in_memory else config_identity(self.config)  # once loaded (hub id cached)
         self.model.eval()
         self.device = next(self.model.parameters()).device
         self.max_model_len = self.config.max_model_len
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         eos = getattr(self.model.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def identity(self) -> dict[str, Any] | None:
+        """Loaded from a config: the config and what its model name refers to, taken at load time.
+        Wrapping an in-memory model: a hash of its parameters and buffers and of its tokenizer,
+        computed at each call (the caller may have trained the model since)."""
+        if not self.in_memory:
+            return self._identity
+        return {"backend": self.backend.value,
+                "model": {"in_memory": {"weights": tensors_fingerprint(self.model.state_dict().items()),
+                                        "tokenizer": tokenizer_fingerprint(self.tokenizer)}},
+                "config": self.config.model_dump(mode="json")}
 
     # --- generation ---------------------------------------------------------------------------
 

@@ -142,11 +142,6 @@ class HindsightGenerator(Stage):
         self.simulator = ctx.engine(self.config.simulator_engine)
         self.evaluator = ctx.engine(self.config.evaluator_engine)  # the sampler loads only for prompt input
 
-    def identity(self) -> dict[str, Any]:
-        engines = {k: getattr(e, "identity", dict)() for k, e in
-                   (("simulator", self.simulator), ("evaluator", self.evaluator)) if e is not None}
-        return {**super().identity(), "engines": engines}
-
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
         rejects: list[Reject] = []
         counters: Counter = Counter()

@@ -111,10 +111,6 @@ class RationaleStage(Stage):
         self.engine = ctx.engine(self.config.engine)
         self.judge = ctx.engine(self.config.judge_engine)
 
-    def identity(self) -> dict[str, Any]:
-        engines = {"writer": getattr(self.engine, "identity", dict)(), "judge": getattr(self.judge, "identity", dict)()}
-        return {**super().identity(), "engines": engines}
-
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
         cfg = self.config
         writer = ChatFormatter(self.engine.tokenizer)

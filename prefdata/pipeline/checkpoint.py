@@ -9,8 +9,10 @@ touches::
 
     key_0 = H(stage_0 identity, fingerprint of the input shard's rows)
     key_k = H(stage_k identity, key_{k-1})
-    stage identity = stage config, the configs of the engines it names (model id, revision,
-                     dtype, ...), prefdata's schema version and package version
+    stage identity = `prefdata.pipeline.identity.stage_identity`: stage config, recipe seed, the
+                     real identity of each engine it names (resolved hub commit, model folder
+                     fingerprint, embedded package version, in-memory weight hash), schema and
+                     package versions; unknown (an engine without an identity) = never reused
 
 A changed stage config changes its key and every later key (their input changed) but no
 earlier one, so a rerun re-uses the earlier stages' checkpoints. `run_shard` is the whole
@@ -21,20 +23,20 @@ a distributed one calls it in its workers with the same `Checkpoints`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
 
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.faults import fault_point
+from prefdata.pipeline.identity import stage_fingerprint
 from prefdata.pipeline.stage import Stage, StageOutput, StageStats
 from prefdata.schemas.errors import Reject, rejects_table
-from prefdata.schemas.pair import SCHEMA_VERSION, fingerprint
+from prefdata.schemas.pair import fingerprint
 from prefdata.schemas.writers import TEMP_MARKER, read_as_built, write_bytes_atomic, write_parquet_atomic
 from prefdata.types import RejectReason
 
@@ -46,38 +48,6 @@ REQUEST_CACHE_FILE = f"{STATE_DIR}/requests.sqlite"
 def table_fingerprint(table: pa.Table) -> str:
     """Content hash of a table's rows (column names and values, in order)."""
     return fingerprint({"columns": table.column_names, "rows": table.to_pylist()})
-
-
-def engine_names(config: Any, known: Iterable[str]) -> list[str]:
-    """Engine names a stage config refers to: string values under keys named `engine`/`*_engine`
-    or lists under `engines`, anywhere in the config (scorers and ensemble members included)."""
-    known, found = set(known), set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, Mapping):
-            for key, item in value.items():
-                if isinstance(item, str) and str(key).endswith("engine") and item in known:
-                    found.add(item)
-                elif str(key) == "engines" and isinstance(item, list):
-                    found.update(x for x in item if isinstance(x, str) and x in known)
-                else:
-                    walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    walk(config)
-    return sorted(found)
-
-
-def stage_fingerprint(stage: Stage, engines: Mapping[str, BaseModel]) -> str:
-    """What determines a stage's output apart from its input: config, engines, versions."""
-    from prefdata import __version__
-
-    config = stage.config.model_dump(mode="json")
-    used = {name: engines[name].model_dump(mode="json") for name in engine_names(config, engines)}
-    return fingerprint({"stage": stage.name, "config": config, "engines": used,
-                        "schema_version": SCHEMA_VERSION, "prefdata_version": __version__})
 
 
 @dataclass
@@ -101,8 +71,13 @@ class Checkpoints:
         self.used: set[Path] = set()
 
     @classmethod
-    def for_stages(cls, out_dir: str | Path, stages: Sequence[Stage], engines: Mapping[str, BaseModel]) -> Checkpoints:
-        return cls(out_dir, [stage_fingerprint(stage, engines) for stage in stages])
+    def for_stages(cls, out_dir: str | Path, stages: Sequence[Stage], seed: int,
+                   engine_identity: Callable[[str], dict[str, Any] | None] = lambda name: None,
+                   engines: Iterable[str] = ()) -> Checkpoints:
+        """Checkpoints keyed by each stage's run identity; `engine_identity(name)` gives the identity
+        of each engine the recipe defines (`engines`), e.g. `EnginePool.identity`."""
+        names = list(engines)
+        return cls(out_dir, [stage_fingerprint(stage, seed, engine_identity, names) for stage in stages])
 
     def keys(self, shard: pa.Table) -> list[str]:
         keys, previous = [], table_fingerprint(shard)

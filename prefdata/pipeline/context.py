@@ -8,28 +8,39 @@ from typing import Any, Protocol
 
 from prefdata.engines.base import Engine, derive_seed
 from prefdata.engines.config import EngineConfig
+from prefdata.engines.identity import LOADS_WEIGHTS_NAMED_BY_CONFIG, config_identity
 
 
 class EnginePool:
     """Loads the recipe's engines lazily by name and keeps one instance of each.
 
     Two names with an identical config share one loaded engine (a policy that also judges does
-    not load twice). `wrap(engine, config)`, when given, is put in front of every engine handed
-    out (the builder's request cache, `prefdata.engines.cache.CachedEngine`).
+    not load twice). An engine handed in with `put` is kept under its name only: it never stands
+    in for a recipe config (another name with that config still loads its own). `identity(name)`
+    is the engine's real identity (`Engine.identity`; for a vLLM or transformers config not yet
+    loaded, the same value computed from the config without loading it), computed once per pool.
+    `wrap(engine, identity)`, when given, is put in front of every engine handed out (the
+    builder's request cache, `prefdata.engines.cache.CachedEngine`).
     """
 
     def __init__(self, configs: Mapping[str, EngineConfig], loader: Callable[[EngineConfig], Engine] | None = None,
-                 wrap: Callable[[Engine, EngineConfig], Engine] | None = None):
+                 wrap: Callable[[Engine, dict[str, Any] | None], Engine] | None = None):
         self.configs = dict(configs)
         self._loader = loader
         self._wrap = wrap
         self._by_config: dict[EngineConfig, Engine] = {}
-        self._wrapped: dict[EngineConfig, Engine] = {}
-        self._borrowed: set[int] = set()  # engines handed in by the caller: the caller closes them
+        self._given: dict[str, Engine] = {}  # engines handed in by the caller, by name: the caller closes them
+        self._wrapped: dict[Any, Engine] = {}
+        self._identities: dict[str, dict[str, Any] | None] = {}
 
-    def get(self, name: str) -> Engine:
+    def names(self) -> list[str]:
+        return sorted(set(self.configs) | set(self._given))
+
+    def _raw(self, name: str) -> Engine:
+        if name in self._given:
+            return self._given[name]
         if name not in self.configs:
-            raise KeyError(f"engine {name!r} is not defined; defined: {sorted(self.configs)}")
+            raise KeyError(f"engine {name!r} is not defined; defined: {self.names()}")
         config = self.configs[name]
         if config not in self._by_config:
             if self._loader is None:
@@ -37,27 +48,47 @@ class EnginePool:
 
                 self._loader = load_engine
             self._by_config[config] = self._loader(config)
+        return self._by_config[config]
+
+    def get(self, name: str) -> Engine:
+        engine = self._raw(name)
         if self._wrap is None:
-            return self._by_config[config]
-        if config not in self._wrapped:
-            self._wrapped[config] = self._wrap(self._by_config[config], config)
-        return self._wrapped[config]
+            return engine
+        key = ("given", name) if name in self._given else self.configs[name]
+        if key not in self._wrapped:
+            self._wrapped[key] = self._wrap(engine, self.identity(name))
+        return self._wrapped[key]
+
+    def identity(self, name: str) -> dict[str, Any] | None:
+        """The engine's identity (None: unknown, so nothing it computes is reused)."""
+        if name not in self._identities:
+            config = self.configs.get(name)
+            if name not in self._given and config is not None and config not in self._by_config \
+                    and config.backend in LOADS_WEIGHTS_NAMED_BY_CONFIG:
+                self._identities[name] = config_identity(config)  # no need to load it to know
+            else:
+                self._identities[name] = self._raw(name).identity()
+        return self._identities[name]
 
     def put(self, name: str, engine: Engine) -> None:
         """Use an already-loaded engine under `name` (Python API inside training jobs, tests)."""
-        config = self.configs.setdefault(name, EngineConfig(model=f"in-memory:{name}"))
-        self._by_config[config] = engine
-        self._wrapped.pop(config, None)
-        self._borrowed.add(id(engine))
+        self._given[name] = engine
+        self._wrapped.pop(("given", name), None)
+        self._identities.pop(name, None)
 
     def loaded(self) -> dict[str, dict[str, Any]]:
-        return {name: eng.identity() for name, cfg in self.configs.items() if (eng := self._by_config.get(cfg))}
+        """What stats.json and the card show for each engine in use."""
+        out = {}
+        for name in self.names():
+            engine = self._given.get(name) or self._by_config.get(self.configs.get(name))  # type: ignore[arg-type]
+            if engine is not None:
+                out[name] = engine.describe(self.identity(name))
+        return out
 
     def close(self) -> None:
-        """Shut down the engines this pool loaded (not the borrowed ones)."""
+        """Shut down the engines this pool loaded (not the ones handed in)."""
         for engine in self._by_config.values():
-            if id(engine) not in self._borrowed:
-                engine.close()
+            engine.close()
         self._by_config.clear()
         self._wrapped.clear()
 

@@ -21,9 +21,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.base import Engine
-from prefdata.engines.config import EngineConfig
 from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE, Checkpoints
 from prefdata.pipeline.context import BuildContext, BuildProgress, EnginePool
+from prefdata.pipeline.identity import engine_key
 from prefdata.pipeline.local import ExecutionResult, iter_shards, run_local
 from prefdata.pipeline.stage import Stage
 from prefdata.types import ExecutorKind
@@ -104,18 +104,22 @@ def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool,
 
     store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(recipe.output.cache_max_gib * 1024**3)) if use_cache else None
 
-    def wrap(engine: Engine, config: EngineConfig) -> Engine:
+    def wrap(engine: Engine, identity: dict[str, Any] | None) -> Engine:
         # Also without a store: CachedEngine's fixed request chunks keep an engine's batches, and so
-        # its numerics, the same with the cache on or off.
-        cached = CachedEngine(engine, store, identity={"config": config.model_dump(mode="json")})
+        # its numerics, the same with the cache on or off. Keyed by the engine's real identity and
+        # the package versions; an engine of unknown identity is never served from the cache.
+        cached = CachedEngine(engine, store, identity=identity, key=engine_key(identity))
         cached.on_chunk = on_chunk
         return cached
 
     return EnginePool(recipe.engines, wrap=wrap), store
 
 
-def build_checkpoints(job: BuildJob, configs: Mapping[str, BaseModel]) -> Checkpoints | None:
-    return Checkpoints.for_stages(job.out_dir, job.stages, configs) if job.recipe.output.checkpoints else None
+def build_checkpoints(job: BuildJob, pool: EnginePool) -> Checkpoints | None:
+    """The build's checkpoints, keyed by each stage's run identity (`prefdata.pipeline.identity`)."""
+    if not job.recipe.output.checkpoints:
+        return None
+    return Checkpoints.for_stages(job.out_dir, job.stages, job.recipe.seed, pool.identity, pool.names())
 
 
 class LocalExecutor:
@@ -126,17 +130,18 @@ class LocalExecutor:
                                   on_chunk=job.progress.engine_chunk if job.progress is not None else None)
         for name, engine in job.engines.items():
             pool.put(name, engine)
-        checkpoints = build_checkpoints(job, pool.configs)
         ctx = BuildContext.for_input(pool, job.recipe.seed, job.table.num_rows, job.recipe.output.shard_size)
         ctx.progress = job.progress
         if job.progress is not None:  # before the engines load: an interrupt then still knows N shards
             job.progress.begin([stage.name for stage in job.stages],
                                [shard.num_rows for shard in iter_shards(job.table, job.recipe.output.shard_size)])
+        checkpoints = None
         try:
             started = time.perf_counter()
             for stage in job.stages:
                 stage.setup(ctx)
             setup_seconds = time.perf_counter() - started
+            checkpoints = build_checkpoints(job, pool)  # after setup: identities of the loaded engines
             result = run_local(job.table, job.stages, ctx, job.out_dir, job.recipe.output.shard_size,
                                on_shard=job.on_shard, checkpoints=checkpoints)
             engines = pool.loaded()

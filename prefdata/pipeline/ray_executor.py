@@ -38,7 +38,7 @@ import pyarrow as pa
 
 import prefdata
 from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints, _rejects_from_table
-from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.pipeline.executor import (
     BuildJob,
     ExecutorConfig,
@@ -231,7 +231,11 @@ class RayExecutor:
         import ray.data
 
         cfg, stages, out_dir = self.config, job.stages, job.out_dir
-        checkpoints = build_checkpoints(job, job.recipe.engines)
+        identities = EnginePool(job.recipe.engines)  # a vLLM/transformers engine's identity needs no loading
+        try:
+            checkpoints = build_checkpoints(job, identities)
+        finally:
+            identities.close()
         shards = list(iter_shards(job.table, job.recipe.output.shard_size))
         result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
         done: dict[int, tuple[pa.Table, list[Reject], list[StageStats]]] = {}

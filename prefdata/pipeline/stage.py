@@ -20,7 +20,6 @@ from pydantic import BaseModel
 
 from prefdata.pipeline.context import BuildContext
 from prefdata.schemas.errors import PrefdataError, Reject
-from prefdata.schemas.pair import fingerprint
 
 RATE_NUM, RATE_DEN = "__num", "__den"
 
@@ -107,11 +106,11 @@ class Stage(ABC):
         """Map one shard to its output table, rejects (with reasons) and counters."""
 
     def identity(self) -> dict[str, Any]:
-        """Config and models that determine this stage's output (for fingerprints)."""
+        """The stage's own part of its run identity (`prefdata.pipeline.identity.stage_identity`, the
+        one function checkpoints use): its type and config. The engines the config names, the
+        seed, local model files and versions are added there; a stage whose output depends on
+        anything else overrides this and adds it (JSON-serialisable, known before `setup`)."""
         return {"stage": self.name, "config": self.config.model_dump(mode="json")}
-
-    def fingerprint(self) -> str:
-        return fingerprint(self.identity())
 
     def output_columns(self, input_columns: Sequence[str]) -> list[str]:
         if self.replaces_columns:
@@ -137,8 +136,8 @@ class Stage(ABC):
 
 
 class EngineStage(Stage):
-    """A stage that runs one engine, named by its config's `engine` field: loaded at setup, and
-    part of the stage's identity (a different model is a different stage output)."""
+    """A stage that runs one engine, named by its config's `engine` field, loaded at setup (the
+    engine's identity is part of the stage's run identity through that name)."""
 
     def __init__(self, config: BaseModel):
         super().__init__(config)
@@ -146,9 +145,6 @@ class EngineStage(Stage):
 
     def setup(self, ctx: BuildContext) -> None:
         self.engine = ctx.engine(self.config.engine)
-
-    def identity(self) -> dict[str, Any]:
-        return {**super().identity(), "engine": self.engine.identity() if self.engine else None}
 
 
 class ChainError(ValueError):

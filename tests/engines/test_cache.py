@@ -84,3 +84,21 @@ def test_hidden_state_sums_use_the_engine_and_are_cached(hf_engine, prompts, tmp
     assert first.shape == direct.shape and np.allclose(first, direct, atol=1e-6)
     assert first.tobytes() == again.tobytes() and store.counts["hits"] == 3
     assert not again[2].any()  # an empty span sums to zeros
+
+
+def test_engine_of_unknown_identity_is_never_cached(hf_engine, prompts, tmp_path):
+    store = RequestStore(tmp_path / "requests.sqlite")
+    engine = CachedEngine(hf_engine, store, identity=None)  # what Engine.identity() returns when it cannot tell
+    engine.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=2))
+    engine.score(prompts[:1], [[42]])
+    assert sum(store.counts.values()) == 0 and not (tmp_path / "requests.sqlite").exists()
+
+
+def test_request_key_follows_the_engine_identity(hf_engine, prompts, tmp_path):
+    store = RequestStore(tmp_path / "requests.sqlite")
+    params = SamplingParams(temperature=0.0, max_tokens=2)
+    CachedEngine(hf_engine, store).generate(prompts[:1], params)
+    CachedEngine(hf_engine, store, identity={**hf_engine.identity(), "model": {"folder": "retrained"}}).generate(prompts[:1], params)
+    assert store.counts["hits"] == 0 and store.counts["misses"] == 2
+    CachedEngine(hf_engine, store).generate(prompts[:1], params)
+    assert store.counts["hits"] == 1

@@ -16,14 +16,9 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from prefdata.engines.config import EngineConfig
-from prefdata.pipeline.checkpoint import (
-    CHECKPOINT_DIR,
-    Checkpoints,
-    engine_names,
-    remove_temp_files,
-    stage_fingerprint,
-)
+from prefdata.pipeline.checkpoint import CHECKPOINT_DIR, Checkpoints, remove_temp_files
 from prefdata.pipeline.context import BuildContext, EnginePool
+from prefdata.pipeline.identity import engine_names, stage_fingerprint
 from prefdata.pipeline.local import run_local
 from prefdata.pipeline.stage import Stage, StageOutput
 from prefdata.schemas.errors import Reject
@@ -55,10 +50,11 @@ class AddStage(Stage):
                            rejects, Counter(seen=table.num_rows))
 
 
-def _run(out, configs, engines=None):
+def _run(out, configs, engines=None, seed=0):
     table = pa.table({"id": [f"r{i}" for i in range(6)], "x": list(range(6))})
     stages = [AddStage(c) for c in configs]
-    checkpoints = Checkpoints.for_stages(out, stages, engines or {})
+    pool = EnginePool(engines or {})  # identities of vLLM/transformers configs need no loading
+    checkpoints = Checkpoints.for_stages(out, stages, seed, pool.identity, pool.names())
     result = run_local(table, stages, BuildContext(EnginePool({})), out, shard_size=2, checkpoints=checkpoints)
     checkpoints.prune()
     return result
@@ -121,15 +117,39 @@ def test_changed_engine_invalidates_the_stages_that_name_it(tmp_path):
     assert {column for column, _ in CALLS} == {"b"}
 
 
+def test_changed_seed_invalidates_every_stage(tmp_path):
+    stages = [AddConfig(column="a"), AddConfig(column="b")]
+    _run(tmp_path, stages, seed=0)
+    CALLS.clear()
+    assert _run(tmp_path, stages, seed=0).resumed == {"shards": 3, "stages": 6}
+    result = _run(tmp_path, stages, seed=1)
+    assert sum(CALLS.values()) == 6 and result.resumed == {"shards": 0, "stages": 0}
+
+
 def test_engine_names_finds_nested_references():
     config = {"engine": "policy", "scorer": {"type": "judge", "engine": "judge"},
               "members": [{"reward_engine": "rm"}, {"engine": "not-an-engine"}], "engines": ["policy", "emb"]}
     assert engine_names(config, ["policy", "judge", "rm", "emb", "unused"]) == ["emb", "judge", "policy", "rm"]
 
 
-def test_stage_fingerprint_changes_with_config_only():
-    assert stage_fingerprint(AddStage(AddConfig(column="a")), {}) == stage_fingerprint(AddStage(AddConfig(column="a")), {})
-    assert stage_fingerprint(AddStage(AddConfig(column="a")), {}) != stage_fingerprint(AddStage(AddConfig(column="b")), {})
+def test_stage_fingerprint_changes_with_config_and_seed():
+    def fp(column, seed=0):
+        return stage_fingerprint(AddStage(AddConfig(column=column)), seed, lambda name: None, [])
+
+    assert fp("a") == fp("a")
+    assert fp("a") != fp("b")
+    assert fp("a") != fp("a", seed=1)
+
+
+def test_stage_with_an_engine_of_unknown_identity_is_never_reused(tmp_path):
+    def identity(name):
+        return None  # what `Engine.identity()` of an engine that cannot tell returns
+
+    stages = [AddStage(AddConfig(column="a")), AddStage(AddConfig(column="b", engine="policy"))]
+    first = Checkpoints.for_stages(tmp_path, stages, 0, identity, ["policy"])
+    again = Checkpoints.for_stages(tmp_path, stages, 0, identity, ["policy"])
+    assert first.stage_fingerprints[0] == again.stage_fingerprints[0]  # no engine: reused
+    assert first.stage_fingerprints[1] != again.stage_fingerprints[1]  # unknown engine: never matches
 
 
 def test_leftover_temp_files_are_removed(tmp_path):
