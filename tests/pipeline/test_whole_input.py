@@ -217,7 +217,6 @@ def test_build_killed_between_fit_and_apply_reuses_the_fit(reference, tmp_path):
 
 
 def test_ray_executor_equals_local_with_four_shards(reference, tmp_path):
-    pytest.importorskip("ray")  # the `ray` extra; CI installs it
     ref_out, ref = reference
     result = run(fixture_table(), tmp_path / "ray", ROWS // 4, executor="ray")
     assert len(result.shards) == 4
