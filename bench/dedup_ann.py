@@ -78,7 +78,7 @@ def run_one(library: str, n: int) -> dict:
         seconds = time.perf_counter() - start
         flagged = np.zeros(n, dtype=bool)
         flagged[list(found)] = True
-        return {"what": "dedup", "library": "usearch", "n": n, "seconds": round(seconds, 1),
+        return {"what": "dedup", "library": "faiss", "n": n, "seconds": round(seconds, 1),
                 "recall": round(float(flagged[planted].mean()), 4), "extra": int((flagged & ~planted).sum()),
                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "data_rss_mib": round(rss_data)}

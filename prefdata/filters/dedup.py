@@ -36,7 +36,8 @@ Decisions:
   groups go (the greedy first-occurrence rule above, over the global order); `apply` drops their
   rows in each shard. `per_shard = true` dedups within each shard only.
 * Near duplicates at scale: above `exact_scan_max` vectors the candidates come from an HNSW index
-  (usearch, inner product on the unit vectors; `bench/dedup_ann.py` compared it with faiss-cpu),
+  (faiss-cpu `IndexHNSWFlat`, inner product on the unit vectors; `bench/dedup_ann.py` compared it
+  with usearch),
   `ann_neighbours` per vector, and every candidate's cosine is recomputed exactly before the
   greedy rule uses it. A vector whose neighbours are all above the threshold (the list may be cut
   short) is checked against every earlier kept vector, so only a neighbour the index misses
@@ -346,20 +347,17 @@ def near_duplicates(vectors: np.ndarray, threshold: float, block: int = 1024) ->
 
 
 def knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(neighbours, cosines) [n, k] from an HNSW index (usearch, inner product on unit vectors);
+    """(neighbours, cosines) [n, k] from an HNSW index (faiss-cpu, inner product on unit vectors);
     -1 where fewer than k were found. The cosines are the index's: verify before use."""
-    from usearch.index import Index
+    import faiss
 
     n, dim = vectors.shape
-    index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=16, expansion_add=128, expansion_search=max(64, 2 * k))
-    keys = np.arange(n, dtype=np.uint64)
-    index.add(keys, vectors, log=False)
-    matches = index.search(vectors, min(k, n), log=False)
-    neighbours = np.asarray(matches.keys, dtype=np.int64).reshape(n, -1)
-    counts = np.asarray(matches.counts).reshape(n)
-    valid = np.arange(neighbours.shape[1])[None, :] < counts[:, None]
-    neighbours = np.where(valid, neighbours, -1)
-    return neighbours, 1.0 - np.asarray(matches.distances, dtype=np.float32).reshape(n, -1)
+    index = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 128
+    index.add(vectors)
+    index.hnsw.efSearch = max(64, 2 * k)
+    cosines, neighbours = index.search(vectors, min(k, n))
+    return neighbours.astype(np.int64), cosines
 
 
 def near_duplicates_ann(vectors: np.ndarray, threshold: float, k: int = 16) -> dict[int, tuple[int, float]]:
