@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from _common import REPO  # noqa: F401  (puts the repository on sys.path)
 
 STAGES = [

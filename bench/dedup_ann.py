@@ -22,7 +22,6 @@ import sys
 import time
 
 import numpy as np
-
 from _common import REPO  # noqa: F401  (puts the repository on sys.path)
 
 DIM, THRESHOLD, K = 384, 0.95, 16
@@ -95,7 +94,7 @@ def run_one(library: str, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
-    parser.add_argument("--libraries", nargs="+", default=["usearch", "faiss"])
+    parser.add_argument("--libraries", nargs="*", default=["usearch", "faiss"], help="kNN timings of these libraries (none: only the dedup rows)")
     parser.add_argument("--dedup-sizes", type=int, nargs="*", default=None, help="sizes for prefdata's dedup (default: --sizes)")
     parser.add_argument("--one", nargs=2, metavar=("WHAT", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
