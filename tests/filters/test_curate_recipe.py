@@ -59,10 +59,11 @@ INVARIANT_ROWS = 16
 
 
 @pytest.mark.realdata
-def test_curate_hh_gives_the_same_pairs_for_1_4_and_16_shards(vllm_engine, hf_engine, shared_data, tmp_path, monkeypatch):
+def test_curate_hh_gives_the_same_pairs_for_1_4_and_16_shards(hf_engine, shared_data, tmp_path, monkeypatch):
     """examples/curate_hh.toml on 16 real pairs with shard_size 16, 4 and 1: the same ids, texts,
     flips, buckets and drops (by id and reason); scores equal within 1e-4 (engine batches differ
-    with the shards: README "Whole-input stages")."""
+    with the shards: README "Whole-input stages"). The judge runs on the transformers engine (the
+    same SmolLM2 as the recipe's vLLM judge; one engine for both roles keeps the test's cost down)."""
     monkeypatch.setenv("PREFDATA_DATA", str(shared_data))
     recipe = tomllib.loads((REPO / "examples" / "curate_hh.toml").read_text())
     next(s for s in recipe["stages"] if s["type"] == "embedding_rm")["train_limit"] = 64
@@ -70,7 +71,7 @@ def test_curate_hh_gives_the_same_pairs_for_1_4_and_16_shards(vllm_engine, hf_en
     for shard_size in (INVARIANT_ROWS, INVARIANT_ROWS // 4, INVARIANT_ROWS // 16):
         recipe["output"]["shard_size"] = shard_size
         result = run_build(recipe, output=tmp_path / f"out-{shard_size}", limit=INVARIANT_ROWS,
-                           engines={"judge": vllm_engine, "policy": hf_engine})
+                           engines={"judge": hf_engine, "policy": hf_engine})
         rejects = pq.read_table(result.out_dir / "rejects.parquet").to_pylist()
         runs[shard_size] = (sorted(result.dataset.to_list(), key=lambda r: r["id"]),
                             sorted((r["stage"], r["row_id"], r["reason"]) for r in rejects))
