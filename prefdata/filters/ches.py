@@ -39,16 +39,18 @@ Decisions:
   above an absolute threshold. Ties are broken by `id`, so the counts are exact. n counts the
   non-null scores; null-score rows are kept by default (no evidence of risk) or dropped with
   reason `ches_null` when `nulls = "drop"`.
-* Quantile rules need every row at once: by default `ches_filter` refuses to run on an input
-  split into several shards (set `[output] shard_size` >= the input rows). `per_shard = true`
-  takes the share of each shard instead; `drop_above` is global by construction.
+* Share rules rank the whole input, whatever the shards: `ches_filter` is map -> fit -> apply
+  (`WholeInputStage`). `fit` sorts the (id, score) view of all shards once and keeps the last
+  dropped (score, id); `apply` drops each shard's rows that sort at or before it, so the dropped
+  set is the one a single table would give. `per_shard = true` takes the share of each shard
+  instead; `drop_above` is per row by construction.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -57,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.stage import EngineStage, Stage, StageOutput
+from prefdata.pipeline.stage import EngineStage, StageOutput, WholeInputStage
 from prefdata.schemas.errors import Reject
 from prefdata.schemas.pair import put_column
 from prefdata.train.data import tokenize_pair
@@ -148,7 +150,7 @@ class ChesFilterConfig(BaseModel):
     share: float = Field(0.05, gt=0, lt=1, description="Share of scored rows dropped (drop_top_share) or kept (keep_lowest)")
     threshold: float | None = Field(None, description="drop_above: rows with a score above this are dropped")
     nulls: Literal["keep", "drop"] = Field("keep", description="Rows without a score: keep them, or drop them (reason ches_null)")
-    per_shard: bool = Field(False, description="Take the share of each shard instead of requiring the whole input in one shard")
+    per_shard: bool = Field(False, description="Take the share of each shard instead of the share of the whole input")
 
     @model_validator(mode="after")
     def _rule_needs_its_parameter(self) -> ChesFilterConfig:
@@ -157,7 +159,7 @@ class ChesFilterConfig(BaseModel):
         return self
 
 
-class ChesFilterStage(Stage):
+class ChesFilterStage(WholeInputStage):
     """Decide step: drops rows by `ches`/`ln_ches` with per-reason counts (see the module docstring)."""
 
     name: ClassVar[str] = "ches_filter"
@@ -167,24 +169,41 @@ class ChesFilterStage(Stage):
 
     def __init__(self, config: ChesFilterConfig):
         super().__init__(config)
+        self.fit_columns = ("id", config.score)
 
-    def setup(self, ctx: BuildContext) -> None:
-        if self.config.rule != "drop_above" and not self.config.per_shard:
-            ctx.check_whole_input(self.name, f"rule {self.config.rule!r} (a share of all rows)")
+    @property
+    def whole_input(self) -> bool:
+        return self.config.rule != "drop_above" and not self.config.per_shard
 
-    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+    def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
+        """The rule's cut: the last dropped (score, id) in (score descending, id) order."""
+        c = self.config
+        frame = pl.from_arrow(view.select(["id", c.score]))
+        scored = frame.filter(pl.col(c.score).is_not_null())
+        n = scored.height
+        if c.rule == "drop_above":
+            return {"rule": c.rule, "rows": n, "threshold": c.threshold}
+        k = n - round(c.share * n) if c.rule == "keep_lowest" else round(c.share * n)
+        last = None
+        if k:
+            row = scored.sort([c.score, "id"], descending=[True, False]).row(k - 1)
+            last = [row[1], row[0]]
+        return {"rule": c.rule, "rows": n, "dropped": k, "last_dropped": last}
+
+    def apply(self, table: pa.Table, fitted: dict[str, Any], ctx: BuildContext) -> StageOutput:
         c = self.config
         frame = pl.from_arrow(table.select(["id", c.score])).with_row_index("row")
-        scored = frame.filter(pl.col(c.score).is_not_null()).sort([c.score, "id"], descending=[True, False])
+        score = pl.col(c.score)
         if c.rule == "drop_above":
-            dropped = scored.filter(pl.col(c.score) > c.threshold)
+            dropped = frame.filter(score.is_not_null() & (score > c.threshold))
             why = f"above the threshold {c.threshold:g}"
         else:
-            n = scored.height
-            dropped = scored.head(n - round(c.share * n) if c.rule == "keep_lowest" else round(c.share * n))
-            why = f"among the highest {dropped.height} of {n} scored rows ({c.rule}, share {c.share:g})"
+            last = fitted["last_dropped"]
+            dropped = frame.filter(score.is_not_null() & ((score > last[0]) | ((score == last[0]) & (pl.col("id") <= last[1]))))\
+                if last is not None else frame.clear()
+            why = f"among the highest {fitted['dropped']} of {fitted['rows']} scored rows ({c.rule}, share {c.share:g})"
         drop_rows = {r: (RejectReason.CHES_HIGH, f"{c.score}={s:.6g} {why}") for r, s in dropped.select(["row", c.score]).iter_rows()}
-        nulls = frame.filter(pl.col(c.score).is_null())["row"].to_list()
+        nulls = frame.filter(score.is_null())["row"].to_list()
         counters: Counter = Counter()
         if c.nulls == "drop":
             drop_rows.update({r: (RejectReason.CHES_NULL, f"{c.score} is null") for r in nulls})

@@ -29,9 +29,19 @@ Decisions:
 * Benchmark items shorter than `ngram` words are matched whole (their full word sequence must
   occur in the prompt). The benchmark text field is `benchmark_field`, or the first of
   question, prompt, problem, input, text present in the row.
-* Duplicates and quantiles need every row at once: by default the stage refuses an input split
-  into several shards (set `[output] shard_size` >= the input rows); `per_shard = true` dedups
-  within each shard only. Contamination is per row and needs no global view.
+* Duplicates span the whole input, whatever the shards: the stage is map -> fit -> apply
+  (`WholeInputStage`). `score` (per shard) hashes each prompt, checks it against the benchmarks
+  and embeds it (or reads `embedding_column`); `fit` sees only ids, prompt groups, hashes, the
+  contamination verdicts and the vectors of all shards, in input order, and decides which prompt
+  groups go (the greedy first-occurrence rule above, over the global order); `apply` drops their
+  rows in each shard. `per_shard = true` dedups within each shard only.
+* Near duplicates at scale: above `exact_scan_max` vectors the candidates come from an HNSW index
+  (faiss-cpu `IndexHNSWFlat`, inner product on the unit vectors; `bench/dedup_ann.py` compared it
+  with usearch),
+  `ann_neighbours` per vector, and every candidate's cosine is recomputed exactly before the
+  greedy rule uses it. A vector whose neighbours are all above the threshold (the list may be cut
+  short) is checked against every earlier kept vector, so only a neighbour the index misses
+  entirely can be missed. Below `exact_scan_max` the blocked exact scan runs.
 """
 
 from __future__ import annotations
@@ -51,8 +61,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.embedded import DEFAULT_EMBEDDER, resolve_model
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.pipeline.stage import StageOutput, WholeInputStage
 from prefdata.schemas.errors import InputError, Reject
+from prefdata.schemas.pair import put_column
 from prefdata.types import RejectReason
 
 CITATION = """@inproceedings{reimers2019sentence,
@@ -162,80 +173,140 @@ class DedupConfig(BaseModel):
     benchmark_field: str | None = Field(None, description="Text field of the benchmark rows; empty = question/prompt/problem/input/text")
     ngram: int = Field(13, ge=1, description="Word n-gram length for contamination")
     min_shared_ngrams: int = Field(1, ge=1, description="A prompt sharing at least this many n-grams with one benchmark item is contaminated")
-    per_shard: bool = Field(False, description="Dedup within each shard instead of requiring the whole input in one shard")
+    embedding_column: str | None = Field(None, description="Take the prompt vectors from this list column (unit length) instead of embedding")
+    exact_scan_max: int = Field(20000, ge=0, description="Up to this many vectors the near-duplicate search is an exact scan; above it, an ANN index")
+    ann_neighbours: int = Field(16, ge=2, le=1024, description="Candidates per vector from the ANN index (each verified by exact cosine)")
+    per_shard: bool = Field(False, description="Dedup within each shard only, instead of across the whole input")
 
 
-class DedupStage(Stage):
+GROUP, KEY, CONTAMINATED, VECTOR = "_dedup_group", "_dedup_key", "_dedup_contaminated", "_dedup_vector"
+
+
+class DedupStage(WholeInputStage):
     """Drops contaminated, exactly duplicated and near-duplicated prompts (see the module docstring)."""
 
     name: ClassVar[str] = "dedup"
     citation: ClassVar[str | None] = CITATION
     reads: ClassVar[tuple[str, ...]] = ("id", "prompt")
+    scratch: ClassVar[tuple[str, ...]] = (GROUP, KEY, CONTAMINATED, VECTOR)
     config: DedupConfig
 
     def __init__(self, config: DedupConfig | None = None):
         super().__init__(config or DedupConfig())
         self.embedder: Any = None
         self.benchmark: BenchmarkIndex | None = None
+        c = self.config
+        self.vector_column = c.embedding_column or VECTOR  # given vectors are read in place, not copied
+        self.fit_columns = ("id", GROUP, KEY, CONTAMINATED)
+        if c.near_threshold is not None:
+            self.fit_columns += (self.vector_column,)
+        if c.embedding_column is not None:
+            self.reads = ("id", "prompt", c.embedding_column)
 
     def setup(self, ctx: BuildContext) -> None:
         c = self.config
-        if (c.exact or c.near_threshold is not None) and not c.per_shard:
-            ctx.check_whole_input(self.name, "deduplication")
-        if c.benchmarks:
+        if c.benchmarks and self.benchmark is None:
             self.benchmark = BenchmarkIndex.from_files(c.benchmarks, c.ngram, c.benchmark_field)
-        if c.near_threshold is not None and self.embedder is None:
+        if c.near_threshold is not None and c.embedding_column is None and self.embedder is None:
             self.embedder = load_embedder(c.embedder)
 
-    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+    def score(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        """Per row: its prompt group, the hash of its normalised prompt, the contamination verdict,
+        and (for the first row of each group in this shard) the prompt's unit vector."""
         c = self.config
-        if c.benchmarks and self.benchmark is None:  # process without setup (a stage run by hand)
-            self.benchmark = BenchmarkIndex.from_files(c.benchmarks, c.ngram, c.benchmark_field)
-        if c.near_threshold is not None and self.embedder is None:
-            self.embedder = load_embedder(c.embedder)
+        self.setup(ctx)  # also when run by hand
         ids = table.column("id").to_pylist()
         groups = table.column("prompt_id").to_pylist() if "prompt_id" in table.column_names else ids
-        first: dict[Any, int] = {}  # group -> its first row (the row whose prompt represents the group)
+        first: dict[Any, int] = {}
         for row, group in enumerate(groups):
             first.setdefault(group, row)
         heads = list(first.values())
-        prompts = table.column("prompt").take(heads).to_pylist()
-        verdicts: dict[int, tuple[RejectReason, str]] = {}  # head row -> why its group is dropped
-        counters: Counter = Counter(dedup_prompts=len(heads))
-        if self.benchmark is not None:
-            for head, prompt in zip(heads, prompts):
+        prompts = table.column("prompt").take(heads).to_pylist() if heads else []
+        keys: list[str | None] = [None] * table.num_rows
+        verdicts: list[str | None] = [None] * table.num_rows
+        for head, prompt in zip(heads, prompts):
+            if c.exact:
+                keys[head] = prompt_key(prompt)
+            if self.benchmark is not None:
                 hits = self.benchmark.matches(prompt_text(prompt))
                 where, count = max(hits.items(), key=lambda kv: kv[1], default=(None, 0))
                 if count >= c.min_shared_ngrams:
-                    verdicts[head] = (RejectReason.CONTAMINATED, f"shares {count} {self.benchmark.n}-gram(s) with {where}")
+                    verdicts[head] = f"shares {count} {self.benchmark.n}-gram(s) with {where}"
+        table = put_column(table, GROUP, pa.array(groups, type=pa.string()))
+        table = put_column(table, KEY, pa.array(keys, type=pa.string()))
+        table = put_column(table, CONTAMINATED, pa.array(verdicts, type=pa.string()))
+        if c.near_threshold is not None and c.embedding_column is None:
+            table = put_column(table, VECTOR, self._vectors(heads, prompts, table.num_rows))
+        return StageOutput(table, [], Counter(dedup_prompts=len(heads)))
+
+    def _vectors(self, heads: list[int], prompts: list, rows: int) -> pa.Array:
+        """The group heads' unit vectors (null on the other rows) as a fixed-size list column."""
+        vectors = embed(self.embedder, [prompt_text(p) for p in prompts], self.config.embed_batch_size) if heads else None
+        dim = vectors.shape[1] if vectors is not None else 1
+        flat = np.zeros((rows, dim), dtype=np.float32)
+        mask = np.ones(rows, dtype=bool)
+        if heads:
+            flat[heads] = vectors
+            mask[heads] = False
+        values = pa.array(flat.reshape(-1), type=pa.float32())
+        return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(mask))
+
+    def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
+        """The prompt groups to drop, with reason and detail, decided over the whole input in order."""
+        c = self.config
+        ids = view.column("id").to_pylist()
+        groups = view.column(GROUP).to_pylist()
+        first: dict[Any, int] = {}
+        for row, group in enumerate(groups):
+            first.setdefault(group, row)
+        heads = list(first.values())
+        verdicts: dict[int, tuple[str, str]] = {}
+        contaminated = view.column(CONTAMINATED).take(heads).to_pylist() if heads else []
+        for head, why in zip(heads, contaminated):
+            if why is not None:
+                verdicts[head] = (RejectReason.CONTAMINATED.value, why)
         if c.exact:
             seen: dict[str, int] = {}
-            for head, prompt in zip(heads, prompts):
+            for head, key in zip(heads, view.column(KEY).take(heads).to_pylist() if heads else []):
                 if head in verdicts:
                     continue
-                key = prompt_key(prompt)
                 if key in seen:
-                    verdicts[head] = (RejectReason.EXACT_DUPLICATE, f"duplicate of id {ids[seen[key]]}")
+                    verdicts[head] = (RejectReason.EXACT_DUPLICATE.value, f"duplicate of id {ids[seen[key]]}")
                 else:
                     seen[key] = head
         if c.near_threshold is not None:
-            alive = [(h, p) for h, p in zip(heads, prompts) if h not in verdicts]
+            alive = [h for h in heads if h not in verdicts]
             if alive:
-                vectors = embed(self.embedder, [prompt_text(p) for _, p in alive], c.embed_batch_size)
-                for position, (kept, cosine) in near_duplicates(vectors, c.near_threshold).items():
-                    verdicts[alive[position][0]] = (RejectReason.NEAR_DUPLICATE,
-                                                    f"duplicate of id {ids[alive[kept][0]]} (cosine {cosine:.4f})")
-        dropped_groups = {groups[head]: why for head, why in verdicts.items()}
-        drop_rows = [row for row, group in enumerate(groups) if group in dropped_groups]
+                column = view.column(self.vector_column).take(alive).combine_chunks()
+                vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(alive), -1)
+                vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+                if len(alive) > c.exact_scan_max:
+                    found = near_duplicates_ann(vectors, c.near_threshold, c.ann_neighbours)
+                else:
+                    found = near_duplicates(vectors, c.near_threshold)
+                for position, (kept, cosine) in found.items():
+                    verdicts[alive[position]] = (RejectReason.NEAR_DUPLICATE.value,
+                                                 f"duplicate of id {ids[alive[kept]]} (cosine {cosine:.4f})")
+        return {"prompts": len(heads), "dropped": {groups[head]: list(why) for head, why in sorted(verdicts.items())}}
+
+    def describe(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        reasons = Counter(reason for reason, _ in fitted["dropped"].values())
+        return {"prompts": fitted["prompts"], "dropped_prompts": dict(sorted(reasons.items()))}
+
+    def apply(self, table: pa.Table, fitted: dict[str, Any], ctx: BuildContext) -> StageOutput:
+        dropped = fitted["dropped"]
+        groups = table.column(GROUP).to_pylist()
+        drop_rows = [row for row, group in enumerate(groups) if group in dropped]
         rejects = []
         if drop_rows:
-            for row, record in zip(drop_rows, table.take(drop_rows).to_pylist()):
-                reason, detail = dropped_groups[groups[row]]
-                rejects.append(Reject(stage=self.name, reason=reason, detail=detail, row_id=record["id"], field="prompt",
-                                      payload=json.dumps(record, ensure_ascii=False, default=str)))
+            records = table.drop_columns([n for n in self.scratch if n in table.column_names]).take(drop_rows)
+            for row, record in zip(drop_rows, records.to_pylist()):
+                reason, detail = dropped[groups[row]]
+                rejects.append(Reject(stage=self.name, reason=RejectReason(reason), detail=detail, row_id=record["id"],
+                                      field="prompt", payload=json.dumps(record, ensure_ascii=False, default=str)))
         keep = np.ones(table.num_rows, dtype=bool)
         keep[drop_rows] = False
-        return StageOutput(table.filter(pa.array(keep)), rejects, counters)
+        return StageOutput(table.filter(pa.array(keep)), rejects)
 
 
 def load_embedder(name: str) -> Any:
@@ -272,4 +343,56 @@ def near_duplicates(vectors: np.ndarray, threshold: float, block: int = 1024) ->
             else:
                 kept_in_chunk.append(i)
         kept.extend(start + i for i in kept_in_chunk)
+    return duplicates
+
+
+def knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(neighbours, cosines) [n, k] from an HNSW index (faiss-cpu, inner product on unit vectors);
+    -1 where fewer than k were found. The cosines are the index's: verify before use."""
+    import faiss
+
+    n, dim = vectors.shape
+    index = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = 128
+    index.add(vectors)
+    index.hnsw.efSearch = max(64, 2 * k)
+    cosines, neighbours = index.search(vectors, min(k, n))
+    return neighbours.astype(np.int64), cosines
+
+
+def near_duplicates_ann(vectors: np.ndarray, threshold: float, k: int = 16) -> dict[int, tuple[int, float]]:
+    """`near_duplicates` with candidates from an ANN index: the same greedy rule in order (a vector
+    is a duplicate of the most similar earlier KEPT vector with cosine >= threshold), every
+    candidate's cosine recomputed exactly; a vector whose k neighbours are all above the threshold
+    is checked against every earlier kept vector (its list may be cut short)."""
+    n = len(vectors)
+    if n == 0:
+        return {}
+    neighbours, _ = knn(vectors, k)
+    cosines = np.zeros(neighbours.shape, dtype=np.float32)
+    for start in range(0, n, 8192):  # exact verification in float32, a block of rows at a time
+        block = neighbours[start : start + 8192]
+        cosines[start : start + 8192] = np.einsum("nd,nkd->nk", vectors[start : start + 8192],
+                                                  vectors[np.where(block >= 0, block, 0)])
+    rows = np.arange(n)[:, None]
+    close = (neighbours >= 0) & (cosines >= threshold)
+    earlier = close & (neighbours < rows)
+    saturated = close.sum(axis=1) >= neighbours.shape[1]
+    duplicates: dict[int, tuple[int, float]] = {}
+    kept = np.ones(n, dtype=bool)
+    for i in np.flatnonzero(earlier.any(axis=1) | saturated):  # the rest have no earlier neighbour: kept
+        candidates = neighbours[i][earlier[i]]
+        sims = cosines[i][earlier[i]]
+        alive = kept[candidates]
+        if alive.any():
+            best = int(np.argmax(np.where(alive, sims, -np.inf)))
+            duplicates[int(i)] = (int(candidates[best]), float(sims[best]))
+            kept[i] = False
+        elif saturated[i]:
+            before = np.flatnonzero(kept[:i])
+            sims = vectors[before] @ vectors[i]
+            if len(sims) and sims.max() >= threshold:
+                best = int(np.argmax(sims))
+                duplicates[int(i)] = (int(before[best]), float(sims[best]))
+                kept[i] = False
     return duplicates

@@ -27,10 +27,11 @@ contract (`prefdata.train.config.FlipRate`), every estimator's result under `est
   to contain the point estimate.
 - Pairs with no member margin are left out of every estimator and get a null `flip_prob`; a table
   with no scored pair contributes no estimate (never an epsilon of 0 from nothing).
-- The estimate is over the table the stage receives (one shard in a build): set
-  `output.shard_size` to at least the input's rows for one estimate over the whole input. With
-  several shards the shards' estimates are averaged weighted by their pairs, and the per-shard
-  values are kept under `shards`.
+- One estimate over the whole input, whatever the shards: the stage is map -> fit -> apply
+  (`WholeInputStage`). `fit` runs the estimators once on the (id, member margins[, gold key])
+  view of all shards and keeps the mirrored mixture's parameters; `apply` writes each row's
+  `flip_prob`, the posterior of the mirrored component under those parameters, so a row gets the
+  same value in any shard. (A table run by hand through `process` is its own whole input.)
 - Gold labels come from a file (`gold_path`, JSONL or Parquet) of rows `{key, correct}`: `key`
   names the pair's `prompt_id` (the source row id for input pairs) or `id`; `correct` is true
   when the dataset's chosen really is the better response. Joined on the key, never on text.
@@ -48,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.filters.voting import MEMBER_MARGINS, STRENGTH_MEAN, STRENGTH_STD, strength
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.pipeline.stage import StageOutput, WholeInputStage
 from prefdata.schemas.errors import InputError
 from prefdata.schemas.pair import put_column
 
@@ -115,6 +116,15 @@ def fit_mirrored_mixture(mu: np.ndarray, iterations: int = 200, tol: float = 1e-
     if m < 0:  # the "clean" component is the lower one: relabel so eps is the mirrored share
         m, eps, r = -m, 1 - eps, 1 - r
     return eps, m, s, r
+
+
+def mirrored_posterior(mu: np.ndarray, eps: float, m: float, s: float) -> np.ndarray:
+    """P(flipped component | mu) under (1 - eps) N(m, s^2) + eps N(-m, s^2): the E-step of
+    `fit_mirrored_mixture` at its fitted parameters, for rows scored after the fit."""
+    mu = np.asarray(mu, dtype=float)
+    logit = (np.log(max(eps, 1e-12)) - np.log(max(1 - eps, 1e-12))
+             + (-((mu + m) ** 2) + (mu - m) ** 2) / (2 * s * s))
+    return 1.0 / (1.0 + np.exp(-np.clip(logit, -500, 500)))
 
 
 def _percentiles(values: list[float], level: float) -> tuple[float, float]:
@@ -199,7 +209,7 @@ def estimate_flip_rate(table: pa.Table, config: NoiseConfig, gold: pl.DataFrame 
     return estimate, flip_prob
 
 
-class NoiseFilter(Stage):
+class NoiseFilter(WholeInputStage):
     """Label-noise flip rate (Chowdhury et al. 2024): epsilon with an interval, and per-pair `flip_prob`."""
 
     name: ClassVar[str] = "noise"
@@ -211,21 +221,40 @@ class NoiseFilter(Stage):
     def __init__(self, config: NoiseConfig | None = None):
         super().__init__(config or NoiseConfig())
         self.reads = ("id", self.config.column) + ((self.config.gold_key,) if self.config.gold_path else ())
+        self.fit_columns = tuple(dict.fromkeys(self.reads))
         self.gold: pl.DataFrame | None = None
 
     def setup(self, ctx: BuildContext) -> None:
         if self.config.gold_path is not None:
             self.gold = read_gold(self.config.gold_path)
 
-    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+    def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
+        """Every estimator once over the whole input, and the mixture's parameters for `apply`."""
         if self.config.gold_path is not None and self.gold is None:
             self.gold = read_gold(self.config.gold_path)
-        estimate, flip_prob = estimate_flip_rate(table, self.config, self.gold)
-        column = pa.array(flip_prob, type=pa.float64())
-        out = put_column(table, FLIP_PROB, column)
-        counters = {"noise_pairs_estimated": estimate["n"], "noise_pairs_unscored": table.num_rows - estimate["n"]}
-        # no scored pair: no estimate at all (an epsilon of 0 from nothing would mislead the trainer)
-        return StageOutput(out, [], counters, estimates={"flip_rate": estimate} if estimate["n"] else {})
+        estimate, _ = estimate_flip_rate(view, self.config, self.gold)
+        if not estimate["n"]:  # no scored pair: no estimate (an epsilon of 0 from nothing would mislead)
+            return {"flip_rate": None, "mixture": None}
+        mu = strength(view, self.config.column)[STRENGTH_MEAN].drop_nulls().to_numpy().astype(float)
+        eps, m, s, _ = fit_mirrored_mixture(mu)
+        return {"flip_rate": estimate, "mixture": {"epsilon": eps, "mean": m, "std": s}}
+
+    def fit_estimates(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        return {"flip_rate": fitted["flip_rate"]} if fitted["flip_rate"] else {}
+
+    def describe(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        return {"mixture": fitted["mixture"]}  # the estimate itself is under stats.json `estimates`
+
+    def apply(self, table: pa.Table, fitted: dict[str, Any], ctx: BuildContext) -> StageOutput:
+        mu = strength(table, self.config.column)[STRENGTH_MEAN].to_numpy().astype(float)  # NaN where unscored
+        scored = ~np.isnan(mu)
+        flip_prob = np.full(len(mu), np.nan)
+        if fitted["mixture"] is not None and scored.any():
+            p = fitted["mixture"]
+            flip_prob[scored] = mirrored_posterior(mu[scored], p["epsilon"], p["mean"], p["std"])
+        column = pa.array(flip_prob, type=pa.float64(), mask=np.isnan(flip_prob))
+        counters = {"noise_pairs_estimated": int(scored.sum()), "noise_pairs_unscored": int((~scored).sum())}
+        return StageOutput(put_column(table, FLIP_PROB, column), [], counters)
 
     def combine_estimates(self, shards: list[dict[str, Any]]) -> dict[str, Any]:
         if len(shards) <= 1:

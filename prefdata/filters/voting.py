@@ -23,10 +23,13 @@ under `estimates.voting`.
   floor(q_incorrect * n) pairs are incorrect and the pairs up to floor(q_ambiguous * n)
   ambiguous, so "lowest 20%" is exactly 20% whatever the ties; `mode = "threshold"` uses fixed
   cut points instead (strength_mean < incorrect_below, < ambiguous_below).
-- Quantiles are over the table the stage receives. A build hands a stage one shard at a time,
-  so for quantiles over the whole input set `output.shard_size` to at least the input's rows
-  (the counter `voting_tables` shows how many tables were ranked), or use thresholds, which do
-  not depend on sharding.
+- Quantiles are over the whole input, whatever the shards: the stage is map -> fit -> apply
+  (`WholeInputStage`). `score` adds `strength_mean`/`strength_std` per shard; `fit` ranks the
+  (id, strength_mean) view of all shards once and keeps the last (strength_mean, id) of the
+  incorrect and of the ambiguous bucket; `apply` buckets each row by comparing its (strength_mean,
+  id) with those two keys, so a row's bucket is the one a single table would give it.
+  `per_shard = true` ranks each shard alone instead (the counter `voting_tables` counts the
+  tables ranked).
 - A flip swaps every chosen/rejected column pair (`chosen`/`rejected`, `chosen_score`,
   `chosen_scores`, `ref_chosen_logps`, ...) and negates `member_margins`, `strength_mean` and
   `margin`, so every column keeps describing the pair as stored; `bucket` stays `incorrect`.
@@ -47,7 +50,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.pipeline.stage import StageOutput, WholeInputStage
 from prefdata.schemas.errors import Reject
 from prefdata.schemas.pair import put_column
 from prefdata.scorers.ensemble import CITATION as ENSEMBLE_CITATION
@@ -81,6 +84,7 @@ class VotingConfig(BaseModel):
     incorrect_below: float = Field(0.0, description="threshold mode: strength_mean below this is incorrect")
     ambiguous_below: float = Field(0.0, description="threshold mode: strength_mean below this (and not incorrect) is ambiguous")
     decide: VotingDecision = Field(default_factory=VotingDecision, description="Action per bucket (all `keep` = score only)")
+    per_shard: bool = Field(False, description="quantile mode: rank each shard alone instead of the whole input")
 
     @model_validator(mode="after")
     def _ordered(self) -> VotingConfig:
@@ -131,6 +135,57 @@ def assign_buckets(scores: pl.DataFrame, config: VotingConfig) -> tuple[pl.DataF
                 "ambiguous_below": config.ambiguous_below}
     out = scored.join(ranked.select("_row", BUCKET), on="_row", how="left").sort("_row").drop("_row")
     return out, cuts
+
+
+def fit_cuts(view: pa.Table, config: VotingConfig) -> dict[str, Any]:
+    """The cut points of the whole input from its (id, strength_mean) view: in quantile mode the last
+    (strength_mean, id) of the incorrect and of the ambiguous bucket (ranks as in `assign_buckets`)."""
+    frame = pl.from_arrow(view.select(["id", STRENGTH_MEAN]))
+    valid = frame.filter(pl.col(STRENGTH_MEAN).is_not_null())
+    n = valid.height
+    if config.mode != "quantile":
+        return {"mode": "threshold", "rows": n, "incorrect_below": config.incorrect_below,
+                "ambiguous_below": config.ambiguous_below}
+    n_incorrect = math.floor(config.incorrect_quantile * n + 1e-9)
+    n_ambiguous = math.floor(config.ambiguous_quantile * n + 1e-9)
+    ranked = valid.sort([STRENGTH_MEAN, "id"])
+    means, ids = ranked[STRENGTH_MEAN].to_list(), ranked["id"].to_list()
+    last = {"incorrect_last": [means[n_incorrect - 1], ids[n_incorrect - 1]] if n_incorrect else None,
+            "ambiguous_last": [means[n_ambiguous - 1], ids[n_ambiguous - 1]] if n_ambiguous else None}
+    return {"mode": "quantile", "rows": n, "incorrect_quantile": config.incorrect_quantile,
+            "ambiguous_quantile": config.ambiguous_quantile,
+            "incorrect_max": float(means[n_incorrect - 1]) if n_incorrect else None,
+            "ambiguous_max": float(means[n_ambiguous - 1]) if n_ambiguous > n_incorrect else None, **last}
+
+
+def _at_or_below(key: list | None) -> pl.Expr:
+    """Rows whose (strength_mean, id) sorts at or before `key` (never, without a key)."""
+    if key is None:
+        return pl.lit(False)
+    mean, ident = key
+    return (pl.col(STRENGTH_MEAN) < mean) | ((pl.col(STRENGTH_MEAN) == mean) & (pl.col("id") <= ident))
+
+
+def bucket_rows(table: pa.Table, cuts: dict[str, Any]) -> pa.Array:
+    """`bucket` of each row of a scored table from the fitted cut points (null where strength is null)."""
+    frame = pl.from_arrow(table.select(["id", STRENGTH_MEAN]))
+    if cuts["mode"] == "quantile":
+        incorrect, ambiguous = _at_or_below(cuts["incorrect_last"]), _at_or_below(cuts["ambiguous_last"])
+    else:
+        incorrect = pl.col(STRENGTH_MEAN) < cuts["incorrect_below"]
+        ambiguous = pl.col(STRENGTH_MEAN) < cuts["ambiguous_below"]
+    bucket = (pl.when(pl.col(STRENGTH_MEAN).is_null()).then(pl.lit(None, dtype=pl.String))
+              .when(incorrect).then(pl.lit(INCORRECT)).when(ambiguous).then(pl.lit(AMBIGUOUS))
+              .otherwise(pl.lit(NORMAL)))
+    return pa.array(frame.select(bucket.alias(BUCKET))[BUCKET].to_list(), type=pa.string())
+
+
+def add_strength(table: pa.Table, column: str = MEMBER_MARGINS) -> pa.Table:
+    """The per-row scoring step: append `strength_mean` and `strength_std`."""
+    scores = strength(table, column)
+    for name in (STRENGTH_MEAN, STRENGTH_STD):
+        table = put_column(table, name, pa.array(scores[name].to_list(), type=pa.float64()))
+    return table
 
 
 def score_table(table: pa.Table, config: VotingConfig) -> tuple[pa.Table, dict[str, Any]]:
@@ -195,13 +250,14 @@ def decide(table: pa.Table, config: VotingConfig, stage: str = "voting") -> tupl
     return table, rejects, counters
 
 
-class VotingFilter(Stage):
+class VotingFilter(WholeInputStage):
     """Multi-RM voting strength (Wang et al. 2024): strength mean/std, buckets, flip/drop/margin."""
 
     name: ClassVar[str] = "voting"
     citation: ClassVar[str | None] = CITATION
     reads: ClassVar[tuple[str, ...]] = ("id", MEMBER_MARGINS)
     adds: ClassVar[tuple[str, ...]] = (STRENGTH_MEAN, STRENGTH_STD, BUCKET, FLIPPED)
+    fit_columns: ClassVar[tuple[str, ...]] = ("id", STRENGTH_MEAN)
     config: VotingConfig
 
     def __init__(self, config: VotingConfig | None = None):
@@ -209,8 +265,25 @@ class VotingFilter(Stage):
         if self.config.column != MEMBER_MARGINS:
             self.reads = ("id", self.config.column)
 
+    @property
+    def whole_input(self) -> bool:
+        return self.config.mode == "quantile" and not self.config.per_shard  # thresholds need no global view
+
+    def score(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        return StageOutput(add_strength(table, self.config.column))
+
+    def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
+        return fit_cuts(view, self.config)
+
+    def fit_estimates(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        return {"voting": {k: v for k, v in fitted.items() if not k.endswith("_last")}}
+
+    def apply(self, table: pa.Table, fitted: dict[str, Any], ctx: BuildContext) -> StageOutput:
+        table = put_column(table, BUCKET, bucket_rows(table, fitted))
+        out, rejects, counters = decide(table, self.config, self.name)
+        return StageOutput(out, rejects, counters)
+
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
-        scored, cuts = score_table(table, self.config)
-        out, rejects, counters = decide(scored, self.config, self.name)
-        counters["voting_tables"] += 1
-        return StageOutput(out, rejects, counters, estimates={"voting": cuts})
+        out = super().process(table, ctx)  # one table ranked alone (per_shard, thresholds, by hand)
+        out.counters["voting_tables"] += 1
+        return out

@@ -14,6 +14,16 @@ touches::
                      fingerprint, embedded package version, in-memory weight hash), schema and
                      package versions; unknown (an engine without an identity) = never reused
 
+A whole-input stage (`prefdata.pipeline.stage.WholeInputStage`, map -> fit -> apply) at position
+k fits once on every shard, so its fit key chains the keys of ALL shards' inputs, and each
+shard's key after it chains the fit key::
+
+    fit_k        = H(stage_k identity, "fit", [key_{k-1} of shard 0, shard 1, ...])
+    key_k(shard) = H(stage_k identity, fit_k, key_{k-1}(shard))
+
+The fitted state is `<position>-<stage>/fit-<fit key>.json`, written before any shard's apply: a
+build killed between fit and apply reuses the fit when run again.
+
 A changed stage config changes its key and every later key (their input changed) but no
 earlier one, so a rerun re-uses the earlier stages' checkpoints. `run_shard` is the whole
 resume logic for one shard and has no executor in it: the local executor calls it in a loop,
@@ -86,6 +96,42 @@ class Checkpoints:
             keys.append(previous)
         return keys
 
+    def chain(self, shards: Sequence[pa.Table], whole: Sequence[bool]) -> tuple[list[list[str]], dict[int, str]]:
+        """Keys of every (shard, position) and the fit key of every whole-input position (`whole[k]`)."""
+        previous = [table_fingerprint(shard) for shard in shards]
+        keys: list[list[str]] = [[] for _ in shards]
+        fits: dict[int, str] = {}
+        for position, stage_fp in enumerate(self.stage_fingerprints):
+            if whole[position]:
+                fits[position] = fingerprint([stage_fp, "fit", previous])
+                previous = [fingerprint([stage_fp, fits[position], p]) for p in previous]
+            else:
+                previous = [fingerprint([stage_fp, p]) for p in previous]
+            for index, key in enumerate(previous):
+                keys[index].append(key)
+        return keys, fits
+
+    def _fit_path(self, position: int, stage: str, key: str) -> Path:
+        return self.root / f"{position:02d}-{stage}" / f"fit-{key[:24]}.json"
+
+    def has_fit(self, position: int, stage: str, key: str) -> bool:
+        return self._fit_path(position, stage, key).is_file()
+
+    def load_fit(self, position: int, stage: str, key: str) -> tuple[dict[str, Any], StageStats] | None:
+        path = self._fit_path(position, stage, key)
+        if not path.is_file():
+            return None
+        meta = json.loads(path.read_text())
+        if meta.get("key") != key:
+            return None
+        self.used.add(path)
+        return meta["fitted"], StageStats.from_record(meta["stats"], name=stage)
+
+    def save_fit(self, position: int, stage: str, key: str, fitted: dict[str, Any], stats: StageStats) -> None:
+        path = self._fit_path(position, stage, key)
+        write_bytes_atomic(json.dumps({"key": key, "fitted": fitted, "stats": stats.to_record()}).encode(), path)
+        self.used.add(path)
+
     def _base(self, position: int, stage: str, index: int, key: str) -> Path:
         return self.root / f"{position:02d}-{stage}" / f"shard-{index:05d}-{key[:24]}"
 
@@ -115,7 +161,7 @@ class Checkpoints:
         removed = 0
         if not self.root.is_dir():
             return removed
-        for path in sorted(self.root.rglob("shard-*")):
+        for path in sorted([*self.root.rglob("shard-*"), *self.root.rglob("fit-*")]):
             if path.is_file() and path not in self.used:
                 path.unlink()
                 removed += 1

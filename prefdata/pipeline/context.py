@@ -133,15 +133,5 @@ class BuildContext:
 
     @classmethod
     def for_input(cls, engines: EnginePool, seed: int, input_rows: int, shard_size: int) -> BuildContext:
-        """A context that knows the input's size, so `check_whole_input` can check it."""
+        """A context that knows the input's size and shard size (`info`), for stages that report them."""
         return cls(engines=engines, seed=seed, info={"input_rows": input_rows, "shard_size": shard_size})
-
-    def check_whole_input(self, stage: str, what: str) -> None:
-        """Raise if the input is split into several shards: for stages whose decision depends on
-        all rows at once (a quantile threshold, duplicates). The executor records `input_rows` and
-        `shard_size` in `info`; a context without them (a stage run by hand) is not checked."""
-        rows, size = self.info.get("input_rows"), self.info.get("shard_size")
-        if rows is not None and size is not None and rows > size:
-            raise ValueError(
-                f"stage {stage}: {what} needs the whole input in one shard, but {rows} input rows are split into "
-                f"shards of {size}; set [output] shard_size >= {rows}, or set per_shard = true on the stage")

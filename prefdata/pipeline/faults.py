@@ -5,7 +5,8 @@
 same as an out-of-memory kill or a preempted machine. Unset (always, outside tests) it is one
 dictionary lookup. Points: `engine_chunk` (after a chunk of engine requests is cached),
 `parquet_write` (a Parquet file half written under its temporary name), `stage_done` (a stage's
-checkpoint committed, the next stage not started), `shard_done` (a shard's output written).
+checkpoint committed, the next stage not started), `fit_done` (a whole-input stage's fitted state
+checkpointed, no shard applied yet), `shard_done` (a shard's output written).
 """
 
 from __future__ import annotations

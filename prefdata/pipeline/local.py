@@ -4,6 +4,11 @@ Each shard's final table is written as soon as it is done (atomically, rows sort
 a long build keeps its finished shards even if a later shard fails. With `checkpoints`, each
 stage's output per shard is kept too and a rerun resumes after the last finished stage
 (`prefdata.pipeline.checkpoint.run_shard`, shared with other executors).
+
+A whole-input stage (`WholeInputStage`: map -> fit -> apply) is a barrier: every shard runs the
+stages before it and its `score`, then the stage fits once on the fit view (its declared columns
+of all shards, in shard order), then every shard runs its `apply` and goes on. The fitted state
+is checkpointed before any apply, so a build killed between fit and apply reuses it.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import pyarrow as pa
 from prefdata.pipeline.checkpoint import Checkpoints, run_shard
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.faults import fault_point
-from prefdata.pipeline.stage import Stage, StageStats
+from prefdata.pipeline.stage import Stage, StageStats, WholeInputStage, fit_view, is_whole_input
 from prefdata.schemas.errors import Reject
-from prefdata.schemas.writers import shard_path, sort_by_id, write_parquet_atomic
+from prefdata.schemas.writers import read_as_built, shard_path, sort_by_id, write_parquet_atomic
 
 
 def iter_shards(table: pa.Table, shard_size: int) -> Iterator[pa.Table]:
@@ -44,6 +49,8 @@ def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_d
               checkpoints: Checkpoints | None = None) -> ExecutionResult:
     result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
     shards = list(iter_shards(table, shard_size))
+    if any(is_whole_input(stage) for stage in stages):
+        return _run_with_barriers(shards, stages, ctx, out_dir, on_shard, checkpoints, result)
     for index, shard in enumerate(shards):
         done = run_shard(index, shard, stages, ctx, checkpoints)
         for position, stats in enumerate(done.stats):
@@ -61,3 +68,124 @@ def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_d
         if on_shard is not None:
             on_shard(index + 1, len(shards))
     return result
+
+
+def join_phases(score: StageStats, apply: StageStats) -> StageStats:
+    """One shard's stats of a whole-input stage: its score and apply phases as one stage."""
+    return StageStats(apply.name, rows_in=score.rows_in, rows_out=apply.rows_out, drops=apply.drops,
+                      counters=score.counters + apply.counters, seconds=score.seconds + apply.seconds,
+                      estimates=score.estimates + apply.estimates)
+
+
+@dataclass
+class _Shard:
+    index: int
+    table: pa.Table | Path  # a Path: the checkpoint of the last finished stage, read when needed
+    next: int = 0  # position of the first stage still to run
+    rejects: list[Reject] = field(default_factory=list)
+    stats: list[StageStats] = field(default_factory=list)
+
+    def loaded(self) -> pa.Table:
+        if isinstance(self.table, Path):
+            self.table = read_as_built(self.table)
+        return self.table
+
+
+def _resume(shard: _Shard, stages: Sequence[Stage], whole: list[bool], keys: list[str], fits: dict[int, str],
+            checkpoints: Checkpoints) -> None:
+    """Take every stage of `shard` that has a checkpoint, stopping at a whole-input stage whose fit
+    has none (its fit needs every shard's input, so every shard redoes it from there)."""
+    for position, stage in enumerate(stages):
+        if whole[position] and not checkpoints.has_fit(position, stage.name, fits[position]):
+            return
+        found = checkpoints.load(position, stage.name, shard.index, keys[position])
+        if found is None:
+            return
+        shard.rejects.extend(found.rejects)
+        shard.stats.append(found.stats)
+        shard.table = found.table_path
+        shard.next += 1
+
+
+def _run_stage(shard: _Shard, position: int, stage: Stage, ctx: BuildContext, keys: list[list[str]] | None,
+               checkpoints: Checkpoints | None) -> None:
+    out, stats = stage.run(shard.loaded(), ctx)
+    if checkpoints is not None:
+        checkpoints.save(position, stage.name, shard.index, keys[shard.index][position], out, stats)
+        fault_point("stage_done")
+    shard.table, shard.next = out.table, position + 1
+    shard.rejects.extend(out.rejects)
+    shard.stats.append(stats)
+
+
+def _run_with_barriers(tables: list[pa.Table], stages: Sequence[Stage], ctx: BuildContext, out_dir: Path,
+                       on_shard: Callable[[int, int], None] | None, checkpoints: Checkpoints | None,
+                       result: ExecutionResult) -> ExecutionResult:
+    whole = [is_whole_input(stage) for stage in stages]
+    shards = [_Shard(index, table) for index, table in enumerate(tables)]
+    keys, fits = checkpoints.chain(tables, whole) if checkpoints is not None else (None, {})
+    if checkpoints is not None:
+        for shard in shards:
+            _resume(shard, stages, whole, keys[shard.index], fits, checkpoints)
+            result.resumed["stages"] += shard.next
+            result.resumed["shards"] += shard.next == len(stages)
+    start = 0
+    for bound in [p for p, w in enumerate(whole) if w] + [len(stages)]:
+        for shard in shards:
+            for position in range(max(shard.next, start), bound):
+                _run_stage(shard, position, stages[position], ctx, keys, checkpoints)
+            if bound == len(stages):
+                _finish(shard, out_dir, result, on_shard, len(shards))
+        if bound < len(stages):
+            _barrier(shards, bound, stages[bound], ctx, keys, fits, checkpoints, result)
+        start = bound + 1
+    for shard in shards:
+        for position, stats in enumerate(shard.stats):
+            result.stats[position].merge(stats)
+        result.rejects.extend(shard.rejects)
+    return result
+
+
+def _barrier(shards: list[_Shard], position: int, stage: WholeInputStage, ctx: BuildContext,
+             keys: list[list[str]] | None, fits: dict[int, str], checkpoints: Checkpoints | None,
+             result: ExecutionResult) -> None:
+    """Score every shard still before `position`, fit once (or take the checkpointed fit), apply."""
+    loaded = checkpoints.load_fit(position, stage.name, fits[position]) if checkpoints is not None else None
+    pending = [shard for shard in shards if shard.next == position]
+    if loaded is not None:
+        fitted, fit_stats = loaded
+    elif not pending:
+        return
+    scored = {}
+    for shard in pending:
+        scored[shard.index] = stage.run_score(shard.loaded(), ctx)
+        shard.table = scored[shard.index][0].table
+    if loaded is None:  # every shard is pending: `_resume` stops all of them at a fit without a checkpoint
+        fitted, fit_stats = stage.run_fit(fit_view(stage, [shard.loaded() for shard in shards]), ctx)
+        if checkpoints is not None:
+            checkpoints.save_fit(position, stage.name, fits[position], fitted, fit_stats)
+        fault_point("fit_done")
+    result.stats[position].merge(fit_stats)
+    for shard in pending:
+        score_out, score_stats = scored.pop(shard.index)
+        out, apply_stats = stage.run_apply(score_out.table, fitted, ctx)
+        stats = join_phases(score_stats, apply_stats)
+        if checkpoints is not None:
+            checkpoints.save(position, stage.name, shard.index, keys[shard.index][position], out, stats)
+            fault_point("stage_done")
+        shard.table, shard.next = out.table, position + 1
+        shard.rejects.extend(out.rejects)
+        shard.stats.append(stats)
+
+
+def _finish(shard: _Shard, out_dir: Path, result: ExecutionResult, on_shard: Callable[[int, int], None] | None,
+            total: int) -> None:
+    path = shard_path(out_dir, shard.index)
+    table = shard.loaded()
+    write_parquet_atomic(sort_by_id(table), path)
+    fault_point("shard_done")
+    result.shards.append(path)
+    result.rows += table.num_rows
+    shard.table = path  # written: let the table go
+    if on_shard is not None:
+        on_shard(shard.index + 1, total)

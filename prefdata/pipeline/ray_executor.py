@@ -15,6 +15,12 @@ Decisions:
   actors into the output folder, which therefore has to be on storage every node sees (NFS,
   a mounted bucket; trivially true for a local cluster). The driver loads the stages a shard
   already finished before submitting it, and never submits a shard that is complete.
+* A whole-input stage (`WholeInputStage`: map -> fit -> apply) is a barrier: its `score` runs in
+  a pool like any stage, the dataset is materialised, the fit view is a column projection of it
+  (each actor's `map_batches` keeps only the declared fit columns of its shards; the driver
+  never sees full rows), the driver fits once and checkpoints the fitted state, and an `apply`
+  pool, constructed with the fitted state, maps every shard on. The output equals the local
+  executor's (same fit view, same per-shard apply).
 * Failures: an actor that dies (OOM, preemption, `kill -9`) is restarted and its shard retried,
   up to `max_retries` times (Ray's `max_restarts`/`max_task_retries`). Each actor notes the
   shard it is on in `OUT/.prefdata/ray/running/`, so when the retries are spent the build
@@ -46,8 +52,9 @@ from prefdata.pipeline.executor import (
     build_checkpoints,
     engine_pool,
 )
-from prefdata.pipeline.local import ExecutionResult, iter_shards
-from prefdata.pipeline.stage import StageStats
+from prefdata.pipeline.faults import fault_point
+from prefdata.pipeline.local import ExecutionResult, iter_shards, join_phases
+from prefdata.pipeline.stage import StageStats, is_whole_input
 from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
 from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
 
@@ -145,12 +152,14 @@ class StageWorker:
     """One actor of a stage's pool: the stage, set up once with its own engines, mapping shards."""
 
     def __init__(self, recipe: dict[str, Any], position: int, out_dir: str, use_cache: bool,
-                 stage_fingerprints: list[str] | None, input_rows: int):
+                 stage_fingerprints: list[str] | None, input_rows: int, phase: str = "run",
+                 fitted: dict[str, Any] | None = None):
         from prefdata.recipe import parse_recipe
         from prefdata.registry import make_stage
 
         parsed = parse_recipe(recipe, "<recipe sent to a Ray worker>")
         self.position = position
+        self.phase, self.fitted = phase, fitted  # run (a per-shard stage), or score / apply of a whole-input one
         self.stage = make_stage(parsed.stages[position])
         self.pool, self.store = engine_pool(parsed, Path(out_dir), use_cache)
         # input_rows/shard_size: stages that need the whole input (cross-fitting, dataset estimates) check it
@@ -172,19 +181,31 @@ class StageWorker:
         position, name, index = self.position, self.stage.name, row["shard"]
         if row["next"] > position:  # resumed past this stage from its checkpoint
             return row
-        self.running.start(position, name, index)
-        _kill_hook(position, index)
+        label = name if self.phase == "run" else f"{name}.{self.phase}"
+        self.running.start(position, label, index)
+        if self.phase != "apply":
+            _kill_hook(position, index)
+        meta = json.loads(row["meta"])
         try:
-            out, stats = self.stage.run(from_ipc(row["table"]), self.ctx)
+            if self.phase == "score":
+                out, stats = self.stage.run_score(from_ipc(row["table"]), self.ctx)
+            elif self.phase == "apply":
+                out, stats = self.stage.run_apply(from_ipc(row["table"]), self.fitted, self.ctx)
+                stats = join_phases(stats_from_dict(meta["stats"].pop()), stats)
+            else:
+                out, stats = self.stage.run(from_ipc(row["table"]), self.ctx)
         except Exception as exc:
-            raise ShardFailed(f"stage {position} ({name}) failed on shard {index}: {type(exc).__name__}: {exc}") from exc
+            raise ShardFailed(f"stage {position} ({label}) failed on shard {index}: {type(exc).__name__}: {exc}") from exc
+        if self.phase == "score":  # the stage is half done: the apply pool finishes it
+            meta["stats"].append(stats_to_dict(stats))
+            self.running.finish(position, label, index)
+            return {**row, "table": to_ipc(out.table), "meta": json.dumps(meta)}
         if self.checkpoints is not None:
             self.checkpoints.save(position, name, index, row["keys"][position], out, stats)
-        meta = json.loads(row["meta"])
         meta["stats"].append(stats_to_dict(stats))
         meta["engines"].update(self.pool.loaded())
         meta["setup"][str(position)] = max(meta["setup"].get(str(position), 0.0), self.setup_seconds)
-        self.running.finish(position, name, index)
+        self.running.finish(position, label, index)
         return {**row, "next": position + 1, "table": to_ipc(out.table),
                 "rejects": [*row["rejects"], to_ipc(rejects_table(out.rejects))], "meta": json.dumps(meta)}
 
@@ -237,6 +258,9 @@ class RayExecutor:
         finally:
             identities.close()
         shards = list(iter_shards(job.table, job.recipe.output.shard_size))
+        whole = [is_whole_input(stage) for stage in stages]
+        chain, fits = checkpoints.chain(shards, whole) if checkpoints is not None else ([[] for _ in shards], {})
+        fit_stats: dict[int, StageStats] = {}
         result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
         done: dict[int, tuple[pa.Table, list[Reject], list[StageStats]]] = {}
         envelopes, engines, setup = [], {}, Counter()
@@ -248,7 +272,7 @@ class RayExecutor:
                 job.on_shard(len(done), len(shards))
 
         for index, shard in enumerate(shards):
-            table, rejects, stats, keys = self._resume(index, shard, job, checkpoints)
+            table, rejects, stats, keys = self._resume(index, shard, job, checkpoints, chain[index], whole, fits)
             result.resumed["stages"] += len(stats)
             if stats and len(stats) == len(stages) or not stages:
                 result.resumed["shards"] += bool(stages)
@@ -268,20 +292,42 @@ class RayExecutor:
             dataset = ray.data.from_arrow(envelopes)  # one block per shard: shards spread over the actors
             env = worker_env()
             fingerprints = checkpoints.stage_fingerprints if checkpoints is not None else None
-            for position, stage in enumerate(stages):
+
+            def pool(dataset, position: int, stage, phase: str = "run", fitted: dict | None = None):
                 res = cfg.resources(position, stage.name)
                 with warnings.catch_warnings():  # Ray 2.60 takes actor restarts only as ray_remote_args
                     warnings.simplefilter("ignore", DeprecationWarning)
-                    dataset = dataset.map_batches(
+                    return dataset.map_batches(
                         StageWorker, batch_size=1, batch_format="pyarrow",
                         compute=ray.data.ActorPoolStrategy(size=res.concurrency),
                         num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
                         fn_constructor_kwargs={"recipe": job.recipe.resolved(), "position": position,
                                                "out_dir": str(out_dir.resolve()), "use_cache": job.use_cache,
                                                "stage_fingerprints": fingerprints,
-                                               "input_rows": job.table.num_rows},
+                                               "input_rows": job.table.num_rows, "phase": phase, "fitted": fitted},
                         runtime_env={"env_vars": env},
                         max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
+
+            for position, stage in enumerate(stages):
+                if not whole[position]:
+                    dataset = pool(dataset, position, stage)
+                    continue
+                loaded = checkpoints.load_fit(position, stage.name, fits[position]) if checkpoints is not None else None
+                dataset = pool(dataset, position, stage, "score")
+                if loaded is None:  # every shard is before this stage (`_resume` stops them all at a missing fit)
+                    try:
+                        dataset = dataset.materialize()
+                        view = fit_view_of(dataset, stage.fit_columns)
+                    except Exception as exc:
+                        raise self._failure(exc, running, list(range(len(shards))), out_dir) from exc
+                    ctx = BuildContext.for_input(EnginePool(job.recipe.engines), job.recipe.seed, job.table.num_rows,
+                                                 job.recipe.output.shard_size)
+                    loaded = stage.run_fit(view, ctx)
+                    if checkpoints is not None:
+                        checkpoints.save_fit(position, stage.name, fits[position], *loaded)
+                    fault_point("fit_done")
+                fit_stats[position] = loaded[1]
+                dataset = pool(dataset, position, stage, "apply", loaded[0])
             try:
                 for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                     for row in batch.to_pylist():
@@ -302,21 +348,29 @@ class RayExecutor:
             result.rejects.extend(rejects)
             result.shards.append(shard_path(out_dir, index))
             result.rows += table.num_rows
+        for position, stats in fit_stats.items():
+            result.stats[position].merge(stats)
         if checkpoints is not None:
-            for index, shard in enumerate(shards):  # the actors' checkpoint files are this build's too
-                for position, key in enumerate(checkpoints.keys(shard)):
+            for index in range(len(shards)):  # the actors' checkpoint files are this build's too
+                for position, key in enumerate(chain[index]):
                     checkpoints.load(position, stages[position].name, index, key)
+            for position, key in fits.items():
+                if position not in fit_stats and (found := checkpoints.load_fit(position, stages[position].name, key)):
+                    result.stats[position].merge(found[1])  # every shard resumed past this fit
             checkpoints.prune()
         return ExecutorOutcome(result, engines, float(sum(setup.values())), None)
 
     @staticmethod
-    def _resume(index: int, shard: pa.Table, job: BuildJob, checkpoints: Checkpoints | None):
-        """The stages of `shard` that have checkpoints: (table after them, rejects per stage, stats, keys)."""
+    def _resume(index: int, shard: pa.Table, job: BuildJob, checkpoints: Checkpoints | None, keys: list[str],
+                whole: list[bool], fits: dict[int, str]):
+        """The stages of `shard` that have checkpoints: (table after them, rejects per stage, stats, keys),
+        stopping at a whole-input stage whose fit has no checkpoint (every shard redoes it from there)."""
         if checkpoints is None:
             return shard, [], [], []
-        keys = checkpoints.keys(shard)
         table, rejects, stats = shard, [], []
         for position, stage in enumerate(job.stages):
+            if whole[position] and not checkpoints.has_fit(position, stage.name, fits[position]):
+                break
             found = checkpoints.load(position, stage.name, index, keys[position])
             if found is None:
                 break
@@ -343,6 +397,27 @@ class RayExecutor:
                                f"(a worker died each time: {type(exc).__name__}); {kept}")
         return ShardFailed(f"the Ray executor failed with shards {unfinished} unfinished: {type(exc).__name__}: "
                            f"{_first_line(exc)}; {kept}")
+
+
+def _project(batch: pa.Table, columns: list[str]) -> pa.Table:
+    """The fit columns of the shards in `batch` (envelopes), with each row's shard index."""
+    parts = []
+    for shard, data in zip(batch.column("shard").to_pylist(), batch.column("table")):
+        table = from_ipc(data.as_py()).select(columns)
+        parts.append(table.append_column("_shard", pa.array([shard] * table.num_rows, type=pa.int64())))
+    return pa.concat_tables(parts)
+
+
+def fit_view_of(dataset, columns) -> pa.Table:
+    """A whole-input stage's fit view from the materialised envelopes: a projection computed where the
+    blocks are, gathered in shard order (rows keep their order within each shard)."""
+    import pyarrow.compute as pc
+
+    projected = dataset.map_batches(_project, batch_size=1, batch_format="pyarrow", fn_kwargs={"columns": list(columns)})
+    parts = list(projected.iter_batches(batch_size=None, batch_format="pyarrow"))
+    view = pa.concat_tables(parts, promote_options="permissive")
+    view = view.take(pc.sort_indices(view, sort_keys=[("_shard", "ascending")]))  # a stable sort
+    return view.drop_columns(["_shard"])
 
 
 def _causes(exc: BaseException):

@@ -35,6 +35,7 @@ class StageStats:
     counters: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     estimates: list[dict[str, Any]] = field(default_factory=list)  # one entry per shard that made any
+    fit: dict[str, Any] = field(default_factory=dict)  # whole-input stages: the fit's key, seconds, summary
 
     def merge(self, other: StageStats) -> StageStats:
         self.rows_in += other.rows_in
@@ -43,6 +44,7 @@ class StageStats:
         self.counters.update(other.counters)
         self.seconds += other.seconds
         self.estimates.extend(other.estimates)
+        self.fit = self.fit or dict(other.fit)
         return self
 
     def rates(self) -> dict[str, float]:
@@ -61,6 +63,8 @@ class StageStats:
                "seconds": round(self.seconds, 3)}
         if rates := self.rates():
             out["rates"] = rates
+        if self.fit:
+            out["fit"] = self.fit
         return out
 
     def to_record(self) -> dict[str, Any]:
@@ -72,7 +76,7 @@ class StageStats:
     def from_record(cls, data: dict[str, Any], name: str | None = None) -> StageStats:
         return cls(name or data["name"], rows_in=data["rows_in"], rows_out=data["rows_out"],
                    drops=Counter(data["drops"]), counters=Counter(data["counters"]), seconds=data["seconds"],
-                   estimates=list(data.get("estimates", [])))
+                   estimates=list(data.get("estimates", [])), fit=dict(data.get("fit") or {}))
 
 
 @dataclass
@@ -147,6 +151,104 @@ class EngineStage(Stage):
         self.engine = ctx.engine(self.config.engine)
 
 
+class WholeInputStage(Stage):
+    """A stage whose decision needs every row: map -> fit -> apply.
+
+    * `score(shard)`: per shard, in parallel; adds per-row columns (may add none). It keeps every row
+      in order: it never drops, so an executor can gather the fit view in global input order.
+    * `fit(view)`: once, over a view of ONLY the columns in `fit_columns`, gathered from all shards in
+      shard order (ids, scores, embeddings; never texts unless declared). Returns the fitted state, a
+      JSON-serialisable dict (cut points, an estimate, keep/drop sets, trained heads); `describe(fitted)`
+      is its summary for stats.json and `fit_estimates(fitted)` its dataset-level estimates.
+    * `apply(shard, fitted)`: per shard, in parallel: the decision, rejects and counters.
+
+    `scratch` columns are written by `score` for `fit`/`apply` only and removed by the executor after
+    `apply`. The executors barrier at a whole-input stage (all shards scored, one fit, then apply) and
+    checkpoint the fitted state (`prefdata.pipeline.checkpoint`), so a resumed build reuses it.
+    `process` runs the three phases on one table (a stage run by hand, or `per_shard = true`).
+    """
+
+    fit_columns: ClassVar[tuple[str, ...]] = ("id",)
+    scratch: ClassVar[tuple[str, ...]] = ()  # columns `score` adds for fit/apply, dropped after apply
+
+    @property
+    def whole_input(self) -> bool:
+        """False when the user asked for per-shard decisions (`per_shard = true` on the config)."""
+        return not getattr(self.config, "per_shard", False)
+
+    def score(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        """Per-shard scoring; the default adds nothing."""
+        return StageOutput(table)
+
+    @abstractmethod
+    def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
+        """The fitted state from the fit view (columns `fit_columns` of every row, in input order)."""
+
+    @abstractmethod
+    def apply(self, table: pa.Table, fitted: dict[str, Any], ctx: BuildContext) -> StageOutput:
+        """Per-shard decision with the fitted state."""
+
+    def describe(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        """What stats.json shows of the fitted state (the whole state when it is small)."""
+        return fitted
+
+    def fit_estimates(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        """Dataset-level estimates of the fit (stats.json `estimates`)."""
+        return {}
+
+    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        scored = self.run_score(table, ctx)[0]
+        fitted = self.fit(fit_view(self, [scored.table]), ctx)
+        out = self.run_apply(scored.table, fitted, ctx)[0]
+        return StageOutput(out.table, out.rejects, Counter(scored.counters) + Counter(out.counters),
+                           self.fit_estimates(fitted))
+
+    def run_score(self, table: pa.Table, ctx: BuildContext) -> tuple[StageOutput, StageStats]:
+        start = time.perf_counter()
+        out = self.score(table, ctx)
+        check_accounting(self, table, out)
+        if out.table.num_rows != table.num_rows or out.rejects:
+            raise AccountingError(f"stage {self.name}: score must keep every row ({table.num_rows} in, "
+                                  f"{out.table.num_rows} out, {len(out.rejects)} rejects)")
+        stats = StageStats(self.name, rows_in=table.num_rows, rows_out=table.num_rows, counters=Counter(out.counters),
+                           seconds=time.perf_counter() - start)
+        out.counters = Counter(out.counters)
+        return out, stats
+
+    def run_fit(self, view: pa.Table, ctx: BuildContext) -> tuple[dict[str, Any], StageStats]:
+        start = time.perf_counter()
+        fitted = self.fit(view, ctx)
+        estimates = self.fit_estimates(fitted)
+        stats = StageStats(self.name, seconds=time.perf_counter() - start, estimates=[estimates] if estimates else [])
+        stats.fit = {"rows": view.num_rows, "seconds": round(stats.seconds, 3), "state": self.describe(fitted)}
+        return fitted, stats
+
+    def run_apply(self, table: pa.Table, fitted: dict[str, Any], ctx: BuildContext) -> tuple[StageOutput, StageStats]:
+        start = time.perf_counter()
+        out = self.apply(table, fitted, ctx)
+        check_accounting(self, table, out)
+        extra = [c for c in self.scratch if c in out.table.column_names]
+        if extra:
+            out.table = out.table.drop_columns(extra)
+        stats = StageStats(self.name, rows_in=table.num_rows, rows_out=out.table.num_rows,
+                           drops=Counter(r.reason.value for r in out.rejects), counters=Counter(out.counters),
+                           seconds=time.perf_counter() - start, estimates=[out.estimates] if out.estimates else [])
+        return out, stats
+
+
+def is_whole_input(stage: Stage) -> bool:
+    """True for a stage the executors run as map -> fit -> apply (a barrier across shards)."""
+    return isinstance(stage, WholeInputStage) and stage.whole_input
+
+
+def fit_view(stage: WholeInputStage, shards: Sequence[pa.Table]) -> pa.Table:
+    """The fit view: `fit_columns` of every shard, in shard order (rows in each shard's order)."""
+    parts = [shard.select(list(stage.fit_columns)) for shard in shards]
+    if not parts:
+        raise ValueError(f"stage {stage.name}: no shards to fit on")
+    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+
+
 class ChainError(ValueError):
     pass
 
@@ -202,11 +304,20 @@ def check_accounting(stage: Stage, table: pa.Table, out: StageOutput) -> None:
 
 
 def check_chain(stages: Iterable[Stage], input_columns: Sequence[str]) -> list[str]:
-    """Raise ChainError naming the first stage whose input lacks a column it reads."""
+    """Raise ChainError naming the first stage whose input lacks a column it reads (or, for a
+    whole-input stage, whose fit view declares a column neither its input nor its score has)."""
     columns = list(input_columns)
     for index, stage in enumerate(stages):
         missing = [c for c in stage.reads if c not in columns]
         if missing:
             raise ChainError(f"stage {index} ({stage.name}) reads {missing}, but its input has only {columns}")
+        if isinstance(stage, WholeInputStage):
+            if not stage.fit_columns:
+                raise ChainError(f"stage {index} ({stage.name}) is a whole-input stage without fit_columns")
+            available = set(columns) | set(stage.adds) | set(stage.scratch)
+            missing = [c for c in stage.fit_columns if c not in available]
+            if missing:
+                raise ChainError(f"stage {index} ({stage.name}) fits on {missing}, which neither its input {columns} "
+                                 f"nor its score step {list(stage.adds) + list(stage.scratch)} has")
         columns = stage.output_columns(columns)
     return columns

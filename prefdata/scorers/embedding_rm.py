@@ -28,11 +28,13 @@ no head trained on them).
 null where a member has no score) and writes the aggregates `chosen_score`, `rejected_score`,
 `margin` (means over all members, or its own with `aggregate = "own"`); member names, folds and
 the out-of-fold accuracy (share of pairs whose mean member margin is > 0) go to stats.json
-`estimates.embedding_rm`. Cross-fitting needs the whole input: without `train_path` the heads are
-fitted on each table the stage receives, i.e. per shard in a build (set `output.shard_size` to at
-least the input's rows); with `train_path` (e.g. the source file itself) the heads are fitted
-once on that file and every shard's pairs are scored out of fold by their key, so cross-fitting
-spans the whole input whatever the shards.
+`estimates.embedding_rm`.
+
+**Whole input, whatever the shards**: the stage is map -> fit -> apply (`WholeInputStage`).
+`score` embeds each shard's prompts and responses (scratch vector columns); `fit` trains the M x K
+heads once, on the (id, fold key, vectors) view of ALL shards (or on `train_path` when given), and
+measures the out-of-fold accuracy over every pair; `apply` scores each shard's pairs out of fold
+with the fitted heads (their weights are the fitted state, checkpointed and reused on resume).
 
 **Decisions.**
 - Prompt text is the last user turn (multi-turn HH context would fill MiniLM's 256-token window
@@ -58,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefdata.engines.base import derive_seed
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.stage import Stage, StageOutput
+from prefdata.pipeline.stage import StageOutput, WholeInputStage
 from prefdata.schemas.pair import put_column
 from prefdata.types import Chat, Role, ScoreError, SourceKind
 
@@ -274,6 +276,21 @@ class EmbeddingRewardModel:
         x = features(prompt, response)
         return torch.stack([head(x) for head in self.heads.values()]).mean(0).double().numpy()
 
+    def state(self) -> dict[str, Any]:
+        """The heads' weights as JSON-able lists (the fitted state a build checkpoints; no pickle)."""
+        return {f"{m},{k}": {name: value.tolist() for name, value in head.state_dict().items()}
+                for (m, k), head in sorted(self.heads.items())}
+
+    def load_state(self, state: dict[str, Any], dim: int) -> EmbeddingRewardModel:
+        self.heads.clear()
+        for name, weights in state.items():
+            m, k = (int(x) for x in name.split(","))
+            head = BTHead(dim, self.hidden)
+            head.load_state_dict({key: torch.tensor(value, dtype=torch.float32) for key, value in weights.items()})
+            head.eval()
+            self.heads[(m, k)] = head
+        return self
+
     def identity(self) -> dict[str, Any]:
         return {"members": self.members, "folds": self.folds, "hidden": self.hidden, "steps": self.steps,
                 "lr": self.lr, "weight_decay": self.weight_decay, "bootstrap": self.bootstrap, "seed": self.seed}
@@ -326,20 +343,34 @@ def _mean(rows: list[list[float | None]]) -> list[float | None]:
     return out
 
 
-class EmbeddingRMStage(Stage):
+VECTORS = ("_erm_prompt", "_erm_chosen", "_erm_rejected")  # scratch: unit embeddings of one pair
+
+
+def _vector_column(matrix: np.ndarray) -> pa.Array:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    dim = matrix.shape[1] if matrix.ndim == 2 else 1
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), type=pa.float32()), dim)
+
+
+def _matrix(column: pa.ChunkedArray, rows: int) -> np.ndarray:
+    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(rows, -1)
+
+
+class EmbeddingRMStage(WholeInputStage):
     """Cross-fitted Bradley-Terry heads on frozen sentence embeddings, as ensemble members of every pair."""
 
     name: ClassVar[str] = "embedding_rm"
     citation: ClassVar[str | None] = CITATION
     reads: ClassVar[tuple[str, ...]] = ("id", "prompt_id", "prompt", "chosen", "rejected")
     adds: ClassVar[tuple[str, ...]] = LIST_COLUMNS + ("chosen_score", "rejected_score", "margin")
+    scratch: ClassVar[tuple[str, ...]] = VECTORS
     config: EmbeddingRMConfig
 
     def __init__(self, config: EmbeddingRMConfig | None = None):
         super().__init__(config or EmbeddingRMConfig())
         self.embedder: TextEmbedder | None = None
-        self.trained: EmbeddingRewardModel | None = None  # fitted once on train_path
-        self.train_pairs = 0
+        self.fit_columns = tuple(dict.fromkeys(("id", self.config.fold_by) + VECTORS))
+        self._fitted: tuple[int, EmbeddingRewardModel] | None = None  # (id of the state, model built from it)
 
     def new_model(self, seed: int) -> EmbeddingRewardModel:
         c = self.config
@@ -355,28 +386,64 @@ class EmbeddingRMStage(Stage):
     def setup(self, ctx: BuildContext) -> None:
         if self.embedder is None:
             self.embedder = TextEmbedder(self.config.model, self.config.batch_size)
-        if self.config.train_path is not None and self.trained is None:
-            from prefdata.schemas.readers import read_pairs
-
-            train = read_pairs(self.config.train_path, kind=self.config.train_kind, limit=self.config.train_limit).table
-            self.train_pairs = train.num_rows
-            self.trained = self.new_model(ctx.seed).fit(self.embed(train))
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "embedder": self.embedder.path if self.embedder else None}
 
-    def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
-        if self.embedder is None:
-            self.setup(ctx)
-        counters: Counter = Counter()
+    @staticmethod
+    def _pairs(table: pa.Table, fold_by: str) -> PairEmbeddings:
+        n = table.num_rows
+        prompt, chosen, rejected = (_matrix(table.column(name), n) for name in VECTORS)
+        return PairEmbeddings(table.column("id").to_pylist(), table.column(fold_by).to_pylist(), prompt, chosen, rejected)
+
+    def score(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
+        """Embed the shard's prompts and responses (each distinct text once per process)."""
+        self.setup(ctx)
         pairs = self.embed(table)
-        model = self.trained or self.new_model(ctx.seed).fit(pairs)
-        scores = model.cross_fit(pairs)
+        for name, matrix in zip(VECTORS, (pairs.prompt, pairs.chosen, pairs.rejected)):
+            table = put_column(table, name, _vector_column(matrix))
+        return StageOutput(table)
+
+    def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
+        """Train the heads once: on `train_path`, or on every pair of the input (out of fold)."""
+        c = self.config
+        pairs = self._pairs(view, c.fold_by)
+        if c.train_path is not None:
+            from prefdata.schemas.readers import read_pairs
+
+            self.setup(ctx)
+            train = read_pairs(c.train_path, kind=c.train_kind, limit=c.train_limit).table
+            model, fit_pairs = self.new_model(ctx.seed).fit(self.embed(train)), train.num_rows
+        else:
+            model, fit_pairs = self.new_model(ctx.seed).fit(pairs), len(pairs)
+        margins = model.cross_fit(pairs).margins if len(pairs) and model.heads else np.zeros((0, c.members))
+        scored = ~np.isnan(margins).all(axis=1) if len(margins) else np.zeros(0, dtype=bool)
+        mean_margin = np.nanmean(margins[scored], axis=1) if scored.any() else np.zeros(0)
+        estimate = {"members": model.member_names(c.prefix), "folds": model.folds, "fit_pairs": fit_pairs,
+                    "out_of_fold_accuracy": round(float(np.mean(mean_margin > 0)), 6) if len(mean_margin) else None}
+        dim = 2 * pairs.prompt.shape[1] if len(pairs) else 0
+        return {"estimate": estimate, "dim": dim, "heads": model.state()}
+
+    def fit_estimates(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        return {"embedding_rm": fitted["estimate"]}
+
+    def describe(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        return {"heads": sorted(fitted["heads"]), "feature_dim": fitted["dim"]}
+
+    def model_from(self, fitted: dict[str, Any], ctx: BuildContext) -> EmbeddingRewardModel:
+        if self._fitted is None or self._fitted[0] != id(fitted):
+            self._fitted = (id(fitted), self.new_model(ctx.seed).load_state(fitted["heads"], fitted["dim"]))
+        return self._fitted[1]
+
+    def apply(self, table: pa.Table, fitted: dict[str, Any], ctx: BuildContext) -> StageOutput:
+        counters: Counter = Counter()
+        pairs = self._pairs(table, self.config.fold_by)
+        model = self.model_from(fitted, ctx)
+        scores = model.cross_fit(pairs) if len(pairs) else CrossFitScores(
+            np.zeros((0, model.members)), np.zeros((0, model.members)), np.zeros((0, model.members), dtype=np.int64))
         missing = int(np.isnan(scores.chosen).sum())
         if missing:
             counters[f"embedding_rm_null_{ScoreError.TOO_FEW_TRAINING_PAIRS.value}"] += missing
-        counters["embedding_rm_heads"] += len(model.heads)
-        counters["embedding_rm_fit_pairs"] += self.train_pairs if self.trained else table.num_rows
         new = {"chosen_scores": _nan_to_none(scores.chosen), "rejected_scores": _nan_to_none(scores.rejected),
                "member_margins": _nan_to_none(scores.margins)}
         for name in LIST_COLUMNS:
@@ -389,9 +456,4 @@ class EmbeddingRMStage(Stage):
                                  ("rejected_score", _mean(source["rejected_scores"])),
                                  ("margin", _mean(source["member_margins"]))):
                 table = put_column(table, name, pa.array(values, type=pa.float64()))
-        scored = ~np.isnan(scores.margins).all(axis=1)
-        mean_margin = np.nanmean(scores.margins[scored], axis=1) if scored.any() else np.zeros(0)
-        estimate = {"members": model.member_names(self.config.prefix), "folds": model.folds,
-                    "fit_pairs": self.train_pairs if self.trained else len(pairs),
-                    "out_of_fold_accuracy": round(float(np.mean(mean_margin > 0)), 6) if len(mean_margin) else None}
-        return StageOutput(table, [], counters, estimates={"embedding_rm": estimate})
+        return StageOutput(table, [], counters)

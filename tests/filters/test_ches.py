@@ -214,12 +214,10 @@ def test_config_validation_and_registry():
     assert STAGES["ches"] == (ChesConfig, ChesStage) and STAGES["ches_filter"] == (ChesFilterConfig, ChesFilterStage)
 
 
-def test_quantile_rule_refuses_split_input_unless_per_shard():
-    ctx = BuildContext(engines=EnginePool({}), info={"input_rows": 300, "shard_size": 256})
-    with pytest.raises(ValueError, match="shard_size >= 300"):
-        ChesFilterStage(ChesFilterConfig(share=0.1)).setup(ctx)
-    ChesFilterStage(ChesFilterConfig(share=0.1, per_shard=True)).setup(ctx)
-    ChesFilterStage(ChesFilterConfig(rule="drop_above", threshold=1.0)).setup(ctx)
+def test_share_rules_are_whole_input_unless_per_shard():
+    assert ChesFilterStage(ChesFilterConfig(share=0.1)).whole_input
+    assert not ChesFilterStage(ChesFilterConfig(share=0.1, per_shard=True)).whole_input
+    assert not ChesFilterStage(ChesFilterConfig(rule="drop_above", threshold=1.0)).whole_input  # per row
 
 
 @pytest.mark.realdata

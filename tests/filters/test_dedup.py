@@ -111,13 +111,51 @@ def test_bad_benchmark_file_names_file_and_row(tmp_path):
         _run(_prompts(["x"]), near_threshold=None, benchmarks=[str(tmp_path / "missing.jsonl")])
 
 
-def test_refuses_split_input_unless_per_shard_and_registered():
-    ctx = BuildContext(engines=EnginePool({}), info={"input_rows": 10, "shard_size": 4})
-    with pytest.raises(ValueError, match="shard_size >= 10"):
-        DedupStage(DedupConfig(near_threshold=None)).setup(ctx)
-    DedupStage(DedupConfig(near_threshold=None, per_shard=True)).setup(ctx)
-    DedupStage(DedupConfig(near_threshold=None, exact=False)).setup(ctx)  # contamination only: per row
+def test_registered_and_whole_input_unless_per_shard():
     assert STAGES["dedup"] == (DedupConfig, DedupStage)
+    assert DedupStage(DedupConfig(near_threshold=None)).whole_input
+    assert not DedupStage(DedupConfig(near_threshold=None, per_shard=True)).whole_input
+
+
+def _planted(n: int = 3000, dim: int = 48, seed: int = 1) -> tuple[np.ndarray, set[int]]:
+    """Clustered unit vectors (related at cosine ~0.7, not duplicates) with planted near copies
+    (cosine ~0.99), some of them copies of copies (chains), and a few exact repeats."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((30, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 30, n)] + 0.6 * rng.standard_normal((n, dim)).astype(np.float32)
+    planted = set()
+    for row in sorted(rng.choice(np.arange(1, n), size=n // 20, replace=False)):
+        source = int(rng.integers(0, row))
+        vectors[row] = vectors[source] + (0.0 if row % 9 == 0 else 0.02) * rng.standard_normal(dim).astype(np.float32) * np.linalg.norm(vectors[source])
+        planted.add(int(row))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), planted
+
+
+def test_ann_dedup_equals_the_exact_scan_on_planted_duplicates():
+    from prefdata.filters.dedup import near_duplicates_ann
+
+    vectors, planted = _planted()
+    exact = near_duplicates(vectors, 0.95)
+    ann = near_duplicates_ann(vectors, 0.95, k=8)
+    assert len(set(exact) & planted) >= 0.95 * len(planted)
+    assert {i: kept for i, (kept, _) in ann.items()} == {i: kept for i, (kept, _) in exact.items()}
+    for i, (_, cosine) in ann.items():
+        assert cosine == pytest.approx(exact[i][1], abs=1e-5)
+
+
+def test_ann_saturated_neighbour_lists_fall_back_to_the_kept_set():
+    """Twenty copies of one vector: with k=4 every list is full of dropped copies, yet each copy
+    is named a duplicate of the first (kept) vector, as the exact scan says."""
+    from prefdata.filters.dedup import near_duplicates_ann
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((40, 16)).astype(np.float32)
+    vectors = np.concatenate([base, np.repeat(base[:1], 20, axis=0)])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ann = near_duplicates_ann(vectors, 0.99, k=4)
+    assert {i: kept for i, (kept, _) in ann.items()} == {i: kept for i, (kept, _) in near_duplicates(vectors, 0.99).items()}
+    assert {kept for kept, _ in ann.values()} == {0}
 
 
 @pytest.mark.realdata

@@ -1,0 +1,128 @@
+"""Curation at scale: synthetic pairs through dedup -> noise -> voting -> ches_filter, local vs Ray.
+
+    python bench/curate_scale.py                         # 1M pairs, 16 shards, local then Ray
+    python bench/curate_scale.py --rows 100000 --executors local
+
+The pairs are made in memory (short texts, 5 precomputed member margins, precomputed ches/ln_ches,
+prompt vectors from a seeded generator: `--dim`-dimensional unit vectors, 2% planted near copies
+and 1% planted exact prompt copies) and handed to the real executor (`prefdata.pipeline.executor`),
+as `prefdata build` does after reading its source; each executor runs in its own process, so
+`peak_rss_mib` (ru_maxrss) is that build process's own (for Ray: the driver; the actors are other
+processes). dedup reads the given vectors (`embedding_column`), so no encoder runs; with more than
+`exact_scan_max` prompts its near-duplicate search is the ANN index. Stage checkpoints are off
+(`--checkpoints` turns them on): the run identity of every shard hashes its rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from _common import REPO  # noqa: F401  (puts the repository on sys.path)
+
+STAGES = [
+    {"type": "dedup", "embedding_column": "embedding", "near_threshold": 0.95},
+    {"type": "noise", "bootstrap": 10},
+    {"type": "voting"},
+    {"type": "ches_filter", "share": 0.05},
+]
+
+
+def _chat(role: str, texts: list[str]) -> pa.Array:
+    messages = pa.StructArray.from_arrays([pa.array([role] * len(texts)), pa.array(texts)], names=["role", "content"])
+    return pa.ListArray.from_arrays(pa.array(np.arange(len(texts) + 1, dtype=np.int32)), messages)
+
+
+def synthetic_pairs(rows: int, dim: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((rows, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    near = np.sort(rng.choice(np.arange(1, rows), size=rows // 50, replace=False))
+    sources = (rng.random(len(near)) * near).astype(np.int64)
+    noisy = vectors[sources] + 0.02 * rng.standard_normal((len(near), dim), dtype=np.float32)
+    vectors[near] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    texts = [f"question {i} about topic {i % 997}" for i in range(rows)]
+    for i in rng.choice(np.arange(1, rows), size=rows // 100, replace=False):
+        texts[i] = texts[int(rng.integers(0, i))].upper()
+    truth = rng.random(rows) < 0.85  # the label is right for 85% of pairs
+    centre = np.where(truth, 1.0, -1.0)[:, None]
+    margins = (centre + rng.standard_normal((rows, 5))).round(4)
+    ches = rng.standard_normal(rows)
+    ids = [f"{(i * 2654435761) % 4294967296:010d}-{i}" for i in range(rows)]
+    return pa.table({
+        "id": ids,
+        "prompt_id": [f"p{i}" for i in range(rows)],
+        "prompt": _chat("user", texts),
+        "chosen": _chat("assistant", [f"answer a{i}" for i in range(rows)]),
+        "rejected": _chat("assistant", [f"answer b{i}" for i in range(rows)]),
+        "chosen_score": pa.array(margins.mean(axis=1) / 2),
+        "rejected_score": pa.array(-margins.mean(axis=1) / 2),
+        "margin": pa.array(margins.mean(axis=1)),
+        "member_margins": pa.FixedSizeListArray.from_arrays(pa.array(margins.reshape(-1)), 5).cast(pa.list_(pa.float64())),
+        "ches": pa.array(ches * 100),
+        "ln_ches": pa.array(ches),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+    })
+
+
+def run_one(executor: str, rows: int, shards: int, dim: int, checkpoints: bool) -> dict:
+    from prefdata.pipeline.executor import BuildJob, make_executor
+    from prefdata.pipeline.stage import check_chain
+    from prefdata.recipe import parse_recipe
+    from prefdata.registry import make_stage
+
+    table = synthetic_pairs(rows, dim)
+    data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with tempfile.TemporaryDirectory(prefix="curate-scale-") as tmp:
+        out = Path(tmp) / "out"
+        out.mkdir()
+        recipe = parse_recipe({"name": "curate_scale", "source": {"path": "synthetic", "kind": "pairs"}, "stages": STAGES,
+                               "executor": {"kind": executor, "local_num_cpus": 2},
+                               "output": {"dir": str(out), "shard_size": -(-rows // shards), "checkpoints": checkpoints}})
+        stages = [make_stage(config) for config in recipe.stages]
+        check_chain(stages, table.column_names)
+        start = time.perf_counter()
+        result = make_executor(recipe.executor).run(BuildJob(recipe, table, stages, out, use_cache=False)).result
+        seconds = time.perf_counter() - start
+    return {"executor": executor, "rows": rows, "shards": len(result.shards), "dim": dim, "rows_out": result.rows,
+            "drops": {s.name: dict(s.drops) for s in result.stats},
+            "fit_seconds": {s.name: s.fit.get("seconds") for s in result.stats},
+            "wall_s": round(seconds, 1), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "data_rss_mib": round(data_rss)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=64, help="prompt vector size (64 keeps 1M vectors at 256 MB)")
+    parser.add_argument("--executors", nargs="+", default=["local", "ray"])
+    parser.add_argument("--checkpoints", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.rows, args.shards, args.dim, args.checkpoints)))
+        return
+    results = []
+    for executor in args.executors:
+        cmd = [sys.executable, __file__, "--one", executor, "--rows", str(args.rows), "--shards", str(args.shards),
+               "--dim", str(args.dim)] + (["--checkpoints"] if args.checkpoints else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else None
+        print(line or proc.stderr[-3000:], flush=True)
+        if line:
+            results.append(json.loads(line))
+    if len(results) == 2:
+        print(f"ray / local wall: {results[1]['wall_s'] / results[0]['wall_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
