@@ -75,7 +75,7 @@ def stage_fingerprint(stage: Stage, engines: Mapping[str, BaseModel]) -> str:
     from prefdata import __version__
 
     config = stage.config.model_dump(mode="json")
-    used = {name: engines[name].model_dump(mode="json") for name in engine_names(config, engines)}
+    used = {name: engines[name].identity_dump() for name in engine_names(config, engines)}
     return fingerprint({"stage": stage.name, "config": config, "engines": used,
                         "schema_version": SCHEMA_VERSION, "prefdata_version": __version__})
 

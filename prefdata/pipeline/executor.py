@@ -104,7 +104,7 @@ def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool) -> tuple[EngineP
     def wrap(engine: Engine, config: EngineConfig) -> Engine:
         # Also without a store: CachedEngine's fixed request chunks keep an engine's batches, and so
         # its numerics, the same with the cache on or off.
-        return CachedEngine(engine, store, identity={"config": config.model_dump(mode="json")})
+        return CachedEngine(engine, store, identity={"config": config.identity_dump()})
 
     return EnginePool(recipe.engines, wrap=wrap), store
 
