@@ -7,8 +7,12 @@ in-process engines and results compare token for token. What the wrapper does:
 * **Capabilities, probed once** at start on the first server (recorded in `identity()`, hence in
   stats.json and the card): does the server take token-id prompts, return sampled token ids
   (vLLM's `return_tokens_as_token_ids`), teacher-forced prompt log-probs (vLLM's
-  `prompt_logprobs`) or `echo` + `logprobs`. A server that takes no token-id prompts is refused
-  with a one-line error (chat-message mode is not implemented).
+  `prompt_logprobs`) or `echo` + `logprobs`.
+* **Chat-only servers** (hosted chat APIs that take no token ids): prompts go to
+  `/chat/completions` as messages. The engine's tokenizer is then a `MessageTokenizer`
+  (`prefdata.engines.message_tokens`), whose "token ids" stand for whole chats, so stages still
+  render with `ChatFormatter` and the engine gets the messages back. The server applies its own
+  template; no log-probs (judges use text mode), no `score`, no pre-filled answer.
 * **generate**: one request per sample (`SamplingParams.per_sample`: n > 1 becomes n requests
   with derived seeds, as in the vLLM engine), token ids and raw log-probs of the sampled tokens,
   the top-k alternatives when asked.
@@ -46,6 +50,7 @@ import numpy as np
 
 from prefdata.engines.base import Completion, Engine, SamplingParams, normalise_params
 from prefdata.engines.config import EngineConfig
+from prefdata.engines.message_tokens import MessageTokenizer
 from prefdata.schemas.errors import PrefdataError
 from prefdata.types import EngineBackend
 
@@ -58,6 +63,10 @@ TOKEN_PREFIX = "token_id:"
 
 class ServerError(PrefdataError):
     """A served engine that cannot be used (unreachable, refuses requests, wrong model): one line."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status of a refused request
 
 
 class EngineCapabilityError(PrefdataError):
@@ -109,8 +118,14 @@ class OpenAIEngine(Engine):
         self.model_path = self.served.get("root") or self.model_id
         server_len = self.served.get("max_model_len")
         self.max_model_len = min(config.max_model_len, server_len) if server_len else config.max_model_len
-        self.tokenizer = self._load_tokenizer()
-        self.capabilities = self._probe()
+        tokenizer, tokenizer_error = self._load_tokenizer()
+        self.capabilities = self._probe(tokenizer)
+        if not self.capabilities["token_id_prompts"]:
+            tokenizer = MessageTokenizer()
+        elif tokenizer is None:
+            raise ServerError(f"cannot load a tokenizer for served model {self.model_id!r} ({tokenizer_error}); "
+                              "set tokenizer = '<hub id or folder>' on the engine")
+        self.tokenizer = tokenizer
 
     # -- start ---------------------------------------------------------------------------------
     def _check_servers(self) -> dict[str, Any]:
@@ -144,7 +159,8 @@ class OpenAIEngine(Engine):
                                   f"{first['id']} ({first.get('root')}): a fleet must serve one model")
         return {k: first.get(k) for k in ("id", "root", "parent", "max_model_len")}
 
-    def _load_tokenizer(self) -> Any:
+    def _load_tokenizer(self) -> tuple[Any, str]:
+        """The served model's tokenizer, or (None, why not)."""
         from transformers import AutoTokenizer
 
         candidates = [self.config.tokenizer] if self.config.tokenizer else [self.served.get("root"), self.model_id]
@@ -152,32 +168,39 @@ class OpenAIEngine(Engine):
         for name in filter(None, candidates):
             try:
                 return AutoTokenizer.from_pretrained(name, revision=self.revision,
-                                                     trust_remote_code=self.config.trust_remote_code)
+                                                     trust_remote_code=self.config.trust_remote_code), ""
             except (OSError, ValueError) as e:
                 errors.append(f"{name}: {type(e).__name__}")
-        raise ServerError(f"cannot load a tokenizer for served model {self.model_id!r} ({'; '.join(errors)}); "
-                          "set tokenizer = '<hub id or folder>' on the engine")
+        return None, "; ".join(errors)
 
-    def _probe(self) -> dict[str, bool]:
+    def _probe(self, tokenizer: Any) -> dict[str, bool]:
         """What the server supports, asked once with a 3-token prompt."""
-        import openai
 
-        ids = list(self.tokenizer("Hello there", add_special_tokens=False)["input_ids"])[:3] or [0]
+        ids = [1, 2, 3] if tokenizer is None else list(tokenizer("Hello there", add_special_tokens=False)["input_ids"])[:3]
         base = {"model": self.model_id, "prompt": ids, "max_tokens": 1, "temperature": 0.0}
 
         def attempt(**kwargs: Any) -> Any:
             extra = kwargs.pop("extra_body", {})
             try:
                 return self._call(lambda c: c.completions.create(**base, **kwargs, extra_body=extra), first=0)
-            except openai.BadRequestError:
-                return None
+            except ServerError as e:
+                if e.status in (400, 404, 422):  # this form of request is not supported
+                    return None
+                raise
 
-        caps = {"token_id_prompts": False, "token_ids_out": False, "logprobs": False, "prompt_logprobs": False,
-                "echo": False}
+        caps = {"token_id_prompts": False, "chat_messages": False, "token_ids_out": False, "logprobs": False,
+                "prompt_logprobs": False, "echo": False}
         out = attempt(logprobs=1)
         if out is None:
-            raise ServerError(f"server {self.urls[0]} does not take token-id prompts on /completions; prefdata needs "
-                              "them to keep chat templates identical (vllm serve and SGLang do)")
+            try:
+                self._call(lambda c: c.chat.completions.create(model=self.model_id, max_tokens=1,
+                                                               messages=[{"role": "user", "content": "Hello"}]), first=0)
+            except ServerError as e:
+                raise ServerError(f"server {self.urls[0]} takes neither token-id prompts on /completions nor chat "
+                                  f"messages on /chat/completions: {e}") from None
+            caps["chat_messages"] = True
+            log.info("served engine %s: chat messages only (capabilities %s)", self.model_id, caps)
+            return caps
         caps["token_id_prompts"] = True
         caps["logprobs"] = out.choices[0].logprobs is not None
         out = attempt(logprobs=1, extra_body={"return_tokens_as_token_ids": True})
@@ -219,7 +242,8 @@ class OpenAIEngine(Engine):
                             self.config.retries, wait)
                 self._sleep(wait)
             except openai.APIStatusError as e:
-                raise ServerError(f"server {self.urls[index]} refused a request (HTTP {e.status_code}): {_short(e)}") from None
+                raise ServerError(f"server {self.urls[index]} refused a request (HTTP {e.status_code}): {_short(e)}",
+                                  status=e.status_code) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -243,6 +267,8 @@ class OpenAIEngine(Engine):
         extra: dict[str, Any] = {}
         if p.top_k:
             extra["top_k"] = p.top_k
+        if not self.capabilities["token_id_prompts"]:
+            return self._chat_one(prompt, p, extra)
         kwargs: dict[str, Any] = {"model": self.model_id, "prompt": prompt, "max_tokens": p.max_tokens,
                                   "temperature": p.temperature, "top_p": p.top_p}
         if p.seed is not None:
@@ -270,6 +296,25 @@ class OpenAIEngine(Engine):
             tops = tuple(dict(sorted(((_token_id(t), float(v)) for t, v in (step or {}).items()),
                                      key=lambda kv: -kv[1])[:p.top_logprobs]) for step in lp.top_logprobs)
         return Completion(text=choice.text, token_ids=ids, logprobs=logprobs, finish_reason=finish, top_logprobs=tops)
+
+    def _chat_one(self, prompt: list[int], p: SamplingParams, extra: dict[str, Any]) -> Completion:
+        messages, prefix = self.tokenizer.messages(prompt)
+        if prefix:
+            raise EngineCapabilityError(f"served model {self.model_id} takes chat messages only: it cannot continue a "
+                                        f"pre-filled answer ({prefix!r})")
+        if p.top_logprobs:
+            raise EngineCapabilityError(f"served model {self.model_id} returns no token log-probs; use a judge in text mode")
+        kwargs: dict[str, Any] = {"model": self.model_id, "messages": messages, "max_tokens": p.max_tokens,
+                                  "temperature": p.temperature, "top_p": p.top_p}
+        if p.seed is not None:
+            kwargs["seed"] = p.seed
+        if p.stop:
+            kwargs["stop"] = list(p.stop)
+        out = self._call(lambda c: c.chat.completions.create(**kwargs, extra_body=extra))
+        choice = out.choices[0]
+        text = choice.message.content or ""
+        finish = "length" if choice.finish_reason == "length" else "stop"
+        return Completion(text=text, token_ids=tuple(self.tokenizer.encode(text)), logprobs=(), finish_reason=finish)
 
     def score(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[np.ndarray]:
         if len(prompts) != len(targets):

@@ -43,8 +43,8 @@ def served(vllm_server):
 
 def test_capabilities_probed_and_identity_is_the_model_not_the_server(served, vllm_server, monkeypatch):
     assert isinstance(served, OpenAIEngine)
-    assert served.capabilities == {"token_id_prompts": True, "token_ids_out": True, "logprobs": True,
-                                   "prompt_logprobs": True, "echo": False}
+    assert served.capabilities == {"token_id_prompts": True, "chat_messages": False, "token_ids_out": True,
+                                   "logprobs": True, "prompt_logprobs": True, "echo": False}
     identity = served.identity()
     assert identity["model"] == vllm_server.name and identity["served_root"] == vllm_server.root
     assert served.max_model_len == 2048
@@ -164,5 +164,31 @@ def test_two_servers_share_the_load_and_cover_for_each_other(served, vllm_server
             assert engine.generate(prompts, params) == expected
             assert completions(a) == before_a and completions(a, 503) >= 4
             assert completions(b) - before_b == 8
+        finally:
+            engine.close()
+
+
+def test_chat_only_server_gets_messages(served, vllm_server):
+    """A server that refuses token-id prompts (as hosted chat APIs do): the engine sends chat messages,
+    and the server's own template gives the same greedy answer as the token-id path."""
+    with Proxy(upstream(vllm_server), reject_token_prompts=True) as proxy:
+        engine = load_engine(served_config(proxy.url, vllm_server.name))
+        try:
+            assert engine.capabilities["chat_messages"] and not engine.capabilities["token_id_prompts"]
+            assert not engine.capabilities["logprobs"] and not engine.capabilities["prompt_logprobs"]
+            chat_ids = [ChatFormatter(engine.tokenizer).prompt_ids(c) for c in CHATS]
+            greedy = SamplingParams(temperature=0.0, max_tokens=12)
+            texts = [r[0].text for r in engine.generate(chat_ids, greedy)]
+            token_ids = [ChatFormatter(served.tokenizer).prompt_ids(c) for c in CHATS]
+            assert texts == [r[0].text for r in served.generate(token_ids, greedy)]
+            seeded = SamplingParams(n=2, temperature=1.0, max_tokens=12, seed=4)
+            first = engine.generate(chat_ids, seeded)
+            assert [[c.text for c in r] for r in first] == [[c.text for c in r] for r in engine.generate(chat_ids, seeded)]
+            assert engine.tokenizer.decode(list(first[0][0].token_ids)) == first[0][0].text
+            with pytest.raises(EngineCapabilityError, match="no prompt log-probs"):
+                engine.score(chat_ids, chat_ids)
+            prefilled = ChatFormatter(engine.tokenizer).prompt_ids(CHATS[0], assistant_prefix="Rating:")
+            with pytest.raises(EngineCapabilityError, match="pre-filled"):
+                engine.generate([prefilled], greedy)
         finally:
             engine.close()
