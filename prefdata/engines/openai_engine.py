@@ -354,6 +354,7 @@ class OpenAIEngine(Engine):
         """The served model and what the server says about it; not the URLs, never the key."""
         return {"backend": self.backend.value, "model": self.model_id, "revision": self.revision,
                 "served_root": self.served.get("root"), "served_parent": self.served.get("parent"),
+                "tokenizer": self.config.tokenizer,
                 "capabilities": dict(sorted(self.capabilities.items()))}
 
     def close(self) -> None:
