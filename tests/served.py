@@ -66,6 +66,7 @@ def start_vllm_server(model_dir: str, name: str, log: Path, kv_cache_gib: float 
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores)))
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     env["HF_HUB_OFFLINE"] = "1"
+    env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "1800")  # a step may stall on a crowded test machine
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", "127.0.0.1",
            "--port", str(port), "--enforce-eager", "--max-model-len", "2048", "--max-num-batched-tokens", "16384",
            "--served-model-name", name, "--dtype", "float32", "--seed", "0"]

@@ -57,7 +57,7 @@ class EngineConfig(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model replica")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences scheduled per step")
     # Served engines (backend = "openai")
-    base_url: str | list[str] | None = Field(
+    base_url: str | tuple[str, ...] | None = Field(
         None, description="openai: the server's API root (e.g. http://node1:8000/v1), or a list of servers of the same "
                           "model: requests are spread across them and a failing server's requests are retried on another")
     api_key_env: str | None = Field(
@@ -78,8 +78,8 @@ class EngineConfig(BaseModel):
     def _expand(cls, value: Any) -> Any:
         if isinstance(value, str):
             return expand_vars(value)
-        if isinstance(value, list):
-            return [expand_vars(v) if isinstance(v, str) else v for v in value]
+        if isinstance(value, (list, tuple)):  # a list in TOML; a tuple here, so the frozen config stays hashable
+            return tuple(expand_vars(v) if isinstance(v, str) else v for v in value)
         return value
 
     @model_validator(mode="after")

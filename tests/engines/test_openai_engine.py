@@ -102,6 +102,23 @@ def test_hidden_states_name_ches(served):
         served.hidden_states([[1, 2, 3]])
 
 
+def test_config_checks_and_connection_fields_leave_the_identity(monkeypatch):
+    monkeypatch.setenv("PREFDATA_TEST_URL", "http://node1:8000/v1/")
+    config = served_config(["${PREFDATA_TEST_URL}", "http://node2:8000/v1"], "m", api_key_env="MY_KEY", retries=2)
+    assert config.base_urls == ["http://node1:8000/v1", "http://node2:8000/v1"]
+    assert hash(config) == hash(served_config(["${PREFDATA_TEST_URL}", "http://node2:8000/v1"], "m",
+                                              api_key_env="MY_KEY", retries=2))  # pools key engines by config
+    other = served_config("http://elsewhere:9000/v1", "m", max_concurrency=64, timeout=5)
+    assert config.identity_dump() == other.identity_dump()  # checkpoint and request-cache keys
+    assert served_config("http://node1:8000/v1", "n").identity_dump() != config.identity_dump()
+    with pytest.raises(ValueError, match="needs base_url"):
+        EngineConfig(backend="openai")
+    with pytest.raises(ValueError, match="for backend = 'openai'"):
+        EngineConfig(backend="vllm", base_url="http://node1:8000/v1")
+    with pytest.raises(ValueError, match="api_key_env"):
+        served_config("http://node1:8000/v1", "m", api_key_env="sk-not-a-variable-name")
+
+
 def test_unreachable_server_is_one_line():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ServerError) as err:
