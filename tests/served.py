@@ -10,6 +10,7 @@ answers. `ServedModel.stop()` ends its process group.
 * `reject_token_prompts` answers 400 to a `/completions` request whose prompt is token ids;
 * `rewrite_text(text) -> text` replaces each returned completion's text (scripted verdicts);
 * `strip_logprobs` drops log-probs from answers (a server that gives none, like many hosted APIs).
+* `models_root` replaces the model path `/v1/models` reports (another model behind the same name).
 It records (method, path, status) per request and the Authorization headers it saw, so a test
 can check a key was sent (and then that it was written nowhere).
 """
@@ -95,6 +96,7 @@ class Proxy:
     reject_token_prompts: bool = False
     rewrite_text: Callable[[str], str] | None = None
     strip_logprobs: bool = False
+    models_root: str | None = None
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
 
@@ -127,6 +129,11 @@ class Proxy:
                         status, data = r.status, r.read()
                 except urllib.error.HTTPError as e:
                     status, data = e.code, e.read()
+                if proxy.models_root is not None and status == 200 and self.path.endswith("/models"):
+                    doc = json.loads(data)
+                    for model in doc.get("data", []):
+                        model["root"] = proxy.models_root
+                    data = json.dumps(doc).encode()
                 edit = proxy.rewrite_text is not None or proxy.strip_logprobs
                 if edit and status == 200 and self.path.endswith("/completions"):
                     doc = json.loads(data)

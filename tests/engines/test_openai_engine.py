@@ -63,6 +63,22 @@ def test_capabilities_probed_and_identity_is_the_model_not_the_server(served, vl
             fleet.close()
 
 
+def test_another_model_changes_the_identity_and_cannot_join_a_fleet(served, vllm_server):
+    with Proxy(upstream(vllm_server), models_root="/models/another-checkpoint") as proxy:
+        other = load_engine(served_config(proxy.url, vllm_server.name, tokenizer=vllm_server.root))
+        try:
+            assert other.identity()["served_root"] == "/models/another-checkpoint"
+            def without_tokenizer(identity):
+                return {k: v for k, v in identity.items() if k != "tokenizer"}
+
+            # Same served name, another model behind it: another identity, so no cache reuse.
+            assert without_tokenizer(other.identity()) != without_tokenizer(served.identity())
+        finally:
+            other.close()
+        with pytest.raises(ServerError, match="a fleet must serve one model"):
+            load_engine(served_config([vllm_server.url, proxy.url], vllm_server.name))
+
+
 def test_generate_seeded_is_reproducible_with_token_ids(served, vllm_engine):
     formatter = ChatFormatter(served.tokenizer)
     prompts = [formatter.prompt_ids(c) for c in CHATS]
