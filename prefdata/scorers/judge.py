@@ -13,8 +13,12 @@ outside the engine's top-k alternatives counts as zero mass (it is smaller than 
 If the rating labels hold less than `min_mass` of the probability, the score is null
 (`no_score_tokens`): the judge did not answer with a rating, and no number is made up.
 
-Mode `text` samples the verdict greedily and parses the first integer in 1..10; text without
-one gives null (`unparseable_verdict`), never a random or default label.
+Mode `text` (for engines without log-probs, e.g. a hosted API) asks for a strict format,
+"Rating: N" (`text_format`, appended to the judge's message), samples the answer greedily and
+reads it with a tolerant parser (`parse_rating`): "Rating: N" in any case, with markdown or
+"/10" around it; else "N/10" or "N out of 10"; else an answer that is just the number. Text
+without a rating in 1..10 gives null (`unparseable_verdict`), never a random or default label.
+Mode `auto` (default) is `expected` when the engine returns log-probs and `text` when not.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.engines import has_logprobs
 from prefdata.engines.base import ContextLengthError, SamplingParams
 from prefdata.engines.chat import ChatFormatter, common_prefix_length
 from prefdata.scorers.base import ScoreBatch, Scorer, ScoreResult
@@ -46,6 +51,11 @@ POINTWISE_TEMPLATE = (
     "Answer with a single number from 1 to 10."
 )
 RATING_PREFIX = "Rating:"
+TEXT_FORMAT = 'Reply in exactly this format, and nothing else: "Rating: N", where N is a whole number from 1 to 10.'
+TEXT_MAX_TOKENS = 16
+_RATING_AFTER_LABEL = re.compile(r"(?i:rating)\s*(?:is)?\s*[:=\-]?\s*[*\"'\[(]*\s*(10|[1-9])(?:\.0)?(?!\d|\.\d)")
+_RATING_OUT_OF_TEN = re.compile(r"(?<![\d.])(10|[1-9])(?:\.0)?\s*(?:/|out of)\s*10(?!\d)")
+_BARE_RATING = re.compile(r"(10|[1-9])(?:\.0)?")
 CITATION = """@inproceedings{zheng2023judging,
   title={Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena},
   author={Zheng, Lianmin and Chiang, Wei-Lin and Sheng, Ying and Zhuang, Siyuan and Wu, Zhanghao and Zhuang, Yonghao and Lin, Zi and Li, Zhuohan and Li, Dacheng and Xing, Eric P. and Zhang, Hao and Gonzalez, Joseph E. and Stoica, Ion},
@@ -54,6 +64,16 @@ CITATION = """@inproceedings{zheng2023judging,
   note={arXiv:2306.05685}
 }"""
 TOP_LOGPROBS = 20
+
+
+def parse_rating(text: str) -> int | None:
+    """The rating 1..10 in a judge's answer, or None: "Rating: N" first, then "N/10", then a bare N."""
+    for pattern in (_RATING_AFTER_LABEL, _RATING_OUT_OF_TEN):
+        match = pattern.search(text)
+        if match:
+            return int(match.group(1))
+    match = _BARE_RATING.fullmatch(text.strip().strip("*\"'.` \n"))
+    return int(match.group(1)) if match else None
 
 
 def render_conversation(messages: Chat) -> str:
@@ -126,10 +146,13 @@ class JudgeConfig(BaseModel):
 
     type: Literal["judge"] = "judge"
     engine: str = Field("policy", description="Name of the engine (under [engines]) that judges")
-    mode: Literal["expected", "text"] = Field("expected", description="expected: E[rating] from log-probs; text: parse the generated rating")
+    mode: Literal["auto", "expected", "text"] = Field(
+        "auto", description="expected: E[rating] from log-probs; text: parse the generated 'Rating: N'; "
+                            "auto: expected when the engine returns log-probs, else text")
     min_mass: float = Field(0.05, ge=0, le=1, description="Null the score if the ratings 1-10 hold less probability than this")
     system_prompt: str = Field(POINTWISE_SYSTEM, description="Judge system message")
     template: str = Field(POINTWISE_TEMPLATE, description="Judge user message with {conversation} and {response}")
+    text_format: str = Field(TEXT_FORMAT, description="text mode: the answer format, appended to the judge's user message")
 
 
 class PointwiseJudge(Scorer):
@@ -149,8 +172,16 @@ class PointwiseJudge(Scorer):
             raise RuntimeError("judge has no engine: call setup() or pass engine=")
         return ChatFormatter(self.engine.tokenizer)
 
-    def judge_messages(self, prompt: Chat, response: str) -> Chat:
+    def mode(self) -> str:
+        """The mode this judge runs in with its engine (`auto` resolved)."""
+        if self.config.mode != "auto":
+            return self.config.mode
+        return "expected" if has_logprobs(self.engine) else "text"
+
+    def judge_messages(self, prompt: Chat, response: str, text_mode: bool = False) -> Chat:
         content = self.config.template.format(conversation=render_conversation(prompt), response=response)
+        if text_mode:
+            content = f"{content}\n\n{self.config.text_format}"
         return [{"role": "system", "content": self.config.system_prompt}, {"role": "user", "content": content}]
 
     def score(self, batch: ScoreBatch) -> ScoreResult:
@@ -159,13 +190,15 @@ class PointwiseJudge(Scorer):
         errors: list[str | None] = [None] * n
         mass: list[float | None] = [None] * n
         formatter = self._formatter()
-        prefix = RATING_PREFIX if self.config.mode == "expected" else ""
+        mode = self.mode()
+        prefix = RATING_PREFIX if mode == "expected" else ""
         todo, prompts = [], []
         for i, (prompt, response) in enumerate(zip(batch.prompts, batch.responses)):
             if not response.strip():
                 errors[i] = ScoreError.EMPTY_RESPONSE.value
                 continue
-            ids = formatter.prompt_ids(self.judge_messages(prompt, response), assistant_prefix=prefix)
+            ids = formatter.prompt_ids(self.judge_messages(prompt, response, text_mode=mode == "text"),
+                                       assistant_prefix=prefix)
             try:
                 self.engine.check_lengths([ids], extra=4)
             except ContextLengthError:
@@ -173,7 +206,7 @@ class PointwiseJudge(Scorer):
                 continue
             todo.append(i)
             prompts.append(ids)
-        if self.config.mode == "expected":
+        if mode == "expected":
             if self._reader is None:
                 self._reader = RatingReader(formatter, range(1, 11), RATING_PREFIX)
             for i, probs in zip(todo, self._reader.read(self.engine, prompts)):
@@ -184,13 +217,13 @@ class PointwiseJudge(Scorer):
                     continue
                 values[i] = sum(k * p for k, p in probs.items()) / total
         else:
-            params = SamplingParams(n=1, temperature=0.0, max_tokens=8)
-            for i, out in zip(todo, self.engine.generate(prompts, params)):
-                match = re.search(r"\b(10|[1-9])\b", out[0].text)
-                if match is None:
+            params = SamplingParams(n=1, temperature=0.0, max_tokens=TEXT_MAX_TOKENS)
+            for i, out in zip(todo, self.engine.generate(prompts, params) if prompts else []):
+                rating = parse_rating(out[0].text)
+                if rating is None:
                     errors[i] = ScoreError.UNPARSEABLE_VERDICT.value
                 else:
-                    values[i] = float(match.group(1))
+                    values[i] = float(rating)
         return ScoreResult(values, errors, extra={"judge_mass": mass})
 
     def identity(self) -> dict[str, Any]:

@@ -29,17 +29,28 @@ than `min_mass` of the probability makes the pair null (`no_score_tokens`), neve
 label token outside the engine's top-k alternatives gets the k-th alternative's probability, an
 upper bound, so d stays finite and errs toward "unsure" rather than overconfident. Both labels
 must be single tokens after the prefix (checked when the judge first runs).
+
+Mode `text` (for engines without log-probs, e.g. a hosted API): the judge is asked for a strict
+format, "Better response: A" or "Better response: B" (`text_format`, appended to its message),
+answers greedily, and `parse_verdict` reads the letter tolerantly ("Better response: **B**",
+"Response A", a bare "A."). Still both orders, un-swapped: each order gives P(chosen better)
+1 or 0, and d is the mean of the two votes +1 (chosen) / -1 (rejected), so d is in {-1, 0, 1}
+(`average`; a judge that always answers "A" gets 0) or +-1 when both orders agree
+(`consistent`). An answer with no readable letter makes the pair null (`unparseable_verdict`),
+never a guess. Mode `auto` (default) is `logprobs` when the engine returns log-probs, else `text`.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.engines import has_logprobs
 from prefdata.engines.base import ContextLengthError, SamplingParams
 from prefdata.engines.chat import ChatFormatter, common_prefix_length
 from prefdata.scorers.base import PairBatch, PairScorer, PairScoreResult
@@ -57,6 +68,24 @@ PAIRWISE_TEMPLATE = (
 )
 VERDICT_PREFIX = "Better response:"
 LABELS = ("A", "B")
+TEXT_FORMAT = 'Reply in exactly this format, and nothing else: "Better response: A" or "Better response: B".'
+TEXT_MAX_TOKENS = 16
+_LETTER_AFTER_LABEL = re.compile(r"(?i:better\s+response)\s*(?:is)?\s*[:=\-]?\s*[*\"'\[(]*\s*(?:(?i:response)\s+)?([AB])\b")
+_LETTER_NAMED = re.compile(r"\b(?i:response|assistant|answer)\s+([AB])\b")
+_BARE_LETTER = re.compile(r"(?:(?i:response)\s+)?([AB])")
+
+
+def parse_verdict(text: str) -> str | None:
+    """"A", "B" or None: "Better response: X" first, then a bare letter, then "Response X" when only
+    one letter is named."""
+    match = _LETTER_AFTER_LABEL.search(text)
+    if match:
+        return match.group(1)
+    match = _BARE_LETTER.fullmatch(text.strip().strip("*\"'.`:()[] \n"))
+    if match:
+        return match.group(1)
+    named = set(_LETTER_NAMED.findall(text))
+    return named.pop() if len(named) == 1 else None
 
 
 class PairwiseJudgeConfig(BaseModel):
@@ -64,13 +93,17 @@ class PairwiseJudgeConfig(BaseModel):
 
     type: Literal["pairwise_judge"] = "pairwise_judge"
     engine: str = Field("policy", description="Name of the engine (under [engines]) that judges")
+    mode: Literal["auto", "logprobs", "text"] = Field(
+        "auto", description="logprobs: P(A) vs P(B) from next-token log-probs; text: parse 'Better response: X' "
+                            "from the generated answer; auto: logprobs when the engine returns them, else text")
     reconcile: Literal["average", "consistent"] = Field(
         "average", description="average: logit of the mean P(chosen better) over both orders; "
                                "consistent: keep only verdicts both orders agree on (else null)")
     min_mass: float = Field(0.05, ge=0, le=1, description="Null the pair if the labels A and B hold less probability than this in either order")
     system_prompt: str = Field(POINTWISE_SYSTEM, description="Judge system message")
     template: str = Field(PAIRWISE_TEMPLATE, description="Judge user message with {conversation}, {response_a} and {response_b}")
-    prefix: str = Field(VERDICT_PREFIX, description="Start of the judge's answer; the label token follows it")
+    prefix: str = Field(VERDICT_PREFIX, description="Start of the judge's answer; the label token follows it (logprobs mode)")
+    text_format: str = Field(TEXT_FORMAT, description="text mode: the answer format, appended to the judge's user message")
 
 
 def logit(p: float) -> float:
@@ -103,9 +136,17 @@ class PairwiseJudge(PairScorer):
     def setup(self, ctx: BuildContext) -> None:
         self.engine = ctx.engine(self.config.engine)
 
-    def judge_messages(self, prompt: Chat, response_a: str, response_b: str) -> Chat:
+    def mode(self) -> str:
+        """The mode this judge runs in with its engine (`auto` resolved)."""
+        if self.config.mode != "auto":
+            return self.config.mode
+        return "logprobs" if has_logprobs(self.engine) else "text"
+
+    def judge_messages(self, prompt: Chat, response_a: str, response_b: str, text_mode: bool = False) -> Chat:
         content = self.config.template.format(conversation=render_conversation(prompt), response_a=response_a,
                                               response_b=response_b)
+        if text_mode:
+            content = f"{content}\n\n{self.config.text_format}"
         return [{"role": "system", "content": self.config.system_prompt}, {"role": "user", "content": content}]
 
     def _label_probs(self, prompts: list[list[int]]) -> list[tuple[float, float]]:
@@ -124,11 +165,22 @@ class PairwiseJudge(PairScorer):
             out.append(tuple(math.exp(top.get(t, floor)) for t in self._labels))
         return out
 
+    def _text_votes(self, prompts: list[list[int]]) -> list[tuple[float, float] | None]:
+        """(1, 0) for an answer "A", (0, 1) for "B", None when no letter can be read."""
+        params = SamplingParams(n=1, temperature=0.0, max_tokens=TEXT_MAX_TOKENS)
+        votes: list[tuple[float, float] | None] = []
+        for completions in self.engine.generate(prompts, params):
+            letter = parse_verdict(completions[0].text)
+            votes.append(None if letter is None else (1.0, 0.0) if letter == "A" else (0.0, 1.0))
+        return votes
+
     def score_pairs(self, batch: PairBatch) -> PairScoreResult:
         if self.engine is None:
             raise RuntimeError("pairwise judge has no engine: call setup() or pass engine=")
         n = len(batch)
         formatter = ChatFormatter(self.engine.tokenizer)
+        text_mode = self.mode() == "text"
+        prefix = "" if text_mode else self.config.prefix
         margins: list[float | None] = [None] * n
         errors: list[str | None] = [None] * n
         extra: dict[str, list[Any]] = {k: [None] * n for k in ("p_chosen_ab", "p_chosen_ba", "verdict_ab", "verdict_ba")}
@@ -138,7 +190,7 @@ class PairwiseJudge(PairScorer):
             if not chosen.strip() or not rejected.strip():
                 errors[i] = ScoreError.EMPTY_RESPONSE.value
                 continue
-            pair = [formatter.prompt_ids(self.judge_messages(prompt, a, b), assistant_prefix=self.config.prefix)
+            pair = [formatter.prompt_ids(self.judge_messages(prompt, a, b, text_mode), assistant_prefix=prefix)
                     for a, b in ((chosen, rejected), (rejected, chosen))]
             try:
                 self.engine.check_lengths(pair, extra=1)
@@ -147,9 +199,13 @@ class PairwiseJudge(PairScorer):
                 continue
             todo.append(i)
             prompts.extend(pair)
-        probs = self._label_probs(prompts) if prompts else []
+        reader = self._text_votes if text_mode else self._label_probs
+        probs = reader(prompts) if prompts else []
         counters: Counter = Counter()
         for k, i in enumerate(todo):
+            if probs[2 * k] is None or probs[2 * k + 1] is None:
+                errors[i] = ScoreError.UNPARSEABLE_VERDICT.value
+                continue
             (a_ab, b_ab), (a_ba, b_ba) = probs[2 * k], probs[2 * k + 1]
             if min(a_ab + b_ab, a_ba + b_ba) < max(self.config.min_mass, 1e-300):
                 errors[i] = ScoreError.NO_SCORE_TOKENS.value
@@ -163,7 +219,12 @@ class PairwiseJudge(PairScorer):
             counters["position_consistency__num"] += consistent
             counters["first_position_won__den"] += 2
             counters["first_position_won__num"] += (p_ab > 0.5) + (p_ba < 0.5)  # A won in order AB; A won in BA
-            if self.config.reconcile == "average":
+            if text_mode:  # votes +1 / -1 per order: log-odds of a hard verdict would be infinite
+                if self.config.reconcile == "average" or consistent:
+                    margins[i] = (2 * p_ab - 1 + 2 * p_ba - 1) / 2
+                else:
+                    errors[i] = ScoreError.POSITION_INCONSISTENT.value
+            elif self.config.reconcile == "average":
                 margins[i] = _finite_logit((p_ab + p_ba) / 2)
             elif consistent:
                 margins[i] = (_finite_logit(p_ab) + _finite_logit(p_ba)) / 2
