@@ -27,6 +27,7 @@ from prefdata.registry import make_stage
 from prefdata.schemas.errors import InputError, rejects_table
 from prefdata.schemas.pair import SCHEMA_VERSION
 from prefdata.schemas.readers import ReadResult, read_pairs, read_prompts
+from prefdata.schemas.sources import SourceRead, read_mix, read_one
 from prefdata.schemas.writers import load_dataset_dir, shard_files, write_bytes_atomic, write_parquet_atomic
 from prefdata.types import ExecutorKind, SourceKind
 
@@ -54,18 +55,27 @@ def resolve_recipe(recipe: Recipe | str | Path | dict, *, input: str | Path | No
     else:
         data = load_recipe(recipe).resolved()
     if input is not None:
+        if data.get("source") is None:
+            raise RecipeError("--input replaces [source] path; this recipe reads [[sources]]")
         data["source"]["path"] = str(input)
+        data["source"]["hub"] = None
     if output is not None:
         data["output"]["dir"] = str(output)
-    if limit is not None:
-        data["source"]["limit"] = limit
+    if limit is not None:  # with [[sources]]: caps each source
+        for src in data["sources"] if data.get("sources") else [data["source"]]:
+            src["limit"] = min(limit, src["limit"] or limit)
     if executor is not None:
         data.setdefault("executor", {})["kind"] = ExecutorKind(executor).value
     return parse_recipe(data, "<recipe with overrides>")
 
 
 def read_source(recipe: Recipe) -> ReadResult:
+    if recipe.sources is not None:
+        return read_mix([src.spec() for src in recipe.sources], recipe.seed)
     src = recipe.source
+    assert src is not None
+    if src.hub is not None or src.preset is not None:  # prefdata.schemas.sources: Hub datasets, presets
+        return read_one(src.spec())
     columns = src.columns.to_map()
     if src.kind == SourceKind.PROMPTS:
         return read_prompts(src.path, columns, src.format, src.limit)
@@ -114,7 +124,7 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     estimates = combined_estimates(stages, result)
     if estimates:
         stats["estimates"] = estimates
-    write_bytes_atomic(json.dumps(recipe.resolved(), indent=2).encode(), out_dir / RECIPE_FILE)
+    write_bytes_atomic(json.dumps(recorded_recipe(recipe, source), indent=2).encode(), out_dir / RECIPE_FILE)
     write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
     built = BuildResult(out_dir=out_dir, stats=stats)
     if recipe.push is not None:  # [push]: publish only after a complete build (prefdata/hub.py)
@@ -127,6 +137,18 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
 def build(recipe: Recipe | str | Path | dict, **kwargs: Any):
     """Run a recipe and return its pairs as a `datasets.Dataset` (see `run_build` for options)."""
     return run_build(recipe, **kwargs).dataset
+
+
+def recorded_recipe(recipe: Recipe, source: ReadResult) -> dict[str, Any]:
+    """recipe.json: the resolved recipe, a Hub source's revision replaced by the commit it read."""
+    data = recipe.resolved()
+    if isinstance(source, SourceRead):
+        infos = source.sources or [source.info]
+        tables = data["sources"] if data.get("sources") else [data["source"]]
+        for table, info in zip(tables, infos):
+            if info.get("revision"):
+                table["revision"] = info["revision"]
+    return data
 
 
 def combined_estimates(stages, result: ExecutionResult) -> dict[str, Any]:
@@ -155,11 +177,23 @@ def _stats(recipe: Recipe, source: ReadResult, result: ExecutionResult, engines:
         "schema_version": SCHEMA_VERSION,
         "recipe": recipe.name,
         "seed": recipe.seed,
-        "source": {"path": str(recipe.source.path), "kind": recipe.source.kind.value, "rows_read": source.rows_read,
-                   "rows_ok": source.table.num_rows, "drops": dict(sorted(read_drops.items()))},
+        "source": _source_stats(recipe, source, read_drops),
         "stages": [s.as_dict() for s in result.stats],
         "output": {"rows": result.rows, "shards": len(result.shards), "rejects": len(source.rejects) + len(result.rejects)},
         "engines": engines,
         "seconds": {"total": round(seconds, 3), "engine_setup": round(setup_seconds, 3)},
     }
 
+
+def _source_stats(recipe: Recipe, source: ReadResult, read_drops: dict[str, int]) -> dict[str, Any]:
+    first = recipe.source_list()[0]
+    kinds = sorted({src.kind.value for src in recipe.source_list()})
+    stats: dict[str, Any] = {"path": str(first.path) if recipe.source is not None and first.path is not None else None,
+                             "kind": kinds[0] if len(kinds) == 1 else "+".join(kinds), "rows_read": source.rows_read,
+                             "rows_ok": source.table.num_rows, "drops": dict(sorted(read_drops.items()))}
+    if isinstance(source, SourceRead):
+        if source.sources:
+            stats["sources"] = source.sources
+        else:
+            stats.update({k: v for k, v in source.info.items() if k not in stats})
+    return stats
