@@ -27,7 +27,15 @@ from prefdata.registry import make_stage
 from prefdata.schemas.errors import InputError, rejects_table
 from prefdata.schemas.pair import SCHEMA_VERSION
 from prefdata.schemas.readers import ReadResult, read_pairs, read_prompts
-from prefdata.schemas.sources import SourceRead, read_mix, read_one
+from prefdata.schemas.sources import (
+    LOCAL_STREAM_ABOVE_BYTES,
+    SourceRead,
+    StreamedSource,
+    local_bytes,
+    open_streamed,
+    read_mix,
+    read_one,
+)
 from prefdata.schemas.writers import load_dataset_dir, shard_files, write_bytes_atomic, write_parquet_atomic
 from prefdata.types import ExecutorKind, SourceKind
 
@@ -82,6 +90,19 @@ def read_source(recipe: Recipe) -> ReadResult:
     return read_pairs(src.path, columns, src.format, src.kind, src.limit)
 
 
+def open_source(recipe: Recipe) -> ReadResult | StreamedSource:
+    """The source read whole (`read_source`), or, for a single source that asks for `streaming`, a Hub
+    source that streams, or a local input over 1 GiB, a `StreamedSource` the executor reads shard by
+    shard (`prefdata.schemas.sources.open_streamed`; read whole after all when it is one shard)."""
+    src = recipe.source
+    if src is None or src.streaming is False:
+        return read_source(recipe)
+    plain = src.hub is None and src.preset is None and not src.streaming
+    if plain and (src.path is None or local_bytes(src.path) <= LOCAL_STREAM_ABOVE_BYTES):
+        return read_source(recipe)
+    return open_streamed(src.spec(), recipe.output.shard_size)
+
+
 def prepare_output_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(str(out_dir), "output path exists and is not a directory")
@@ -100,7 +121,9 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     out_dir = recipe.output_dir()
     prepare_output_dir(out_dir)
     remove_temp_files(out_dir)  # half-written files of a killed build; their targets are intact
-    source = read_source(recipe)
+    opened = open_source(recipe)
+    streamed = opened if isinstance(opened, StreamedSource) else None  # read shard by shard during the build
+    source = opened.result() if isinstance(opened, StreamedSource) else opened
     stages = [make_stage(config) for config in recipe.stages]
     try:
         check_chain(stages, source.table.column_names)
@@ -110,9 +133,12 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     if engines and recipe.executor.kind != ExecutorKind.LOCAL:
         raise RecipeError(f"recipe {recipe.name}: engines passed in memory run only with the local executor "
                           f"(the {recipe.executor.kind.value} executor loads the recipe's engines in its workers)")
-    job = BuildJob(recipe=recipe, table=source.table, stages=stages, out_dir=out_dir, use_cache=use_cache,
-                   engines=engines or {}, on_shard=on_shard)
+    job = BuildJob(recipe=recipe, table=source.table if streamed is None else None, stages=stages, out_dir=out_dir,
+                   use_cache=use_cache, engines=engines or {}, on_shard=on_shard,
+                   shards=streamed.shards if streamed else None, input_rows=streamed.input_rows if streamed else None)
     outcome = make_executor(recipe.executor).run(job)
+    if streamed is not None:
+        source = streamed.result()
     result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
     _remove_stale_shards(out_dir, result)
     rejects = source.rejects + result.rejects
@@ -191,6 +217,9 @@ def _source_stats(recipe: Recipe, source: ReadResult, read_drops: dict[str, int]
     stats: dict[str, Any] = {"path": str(first.path) if recipe.source is not None and first.path is not None else None,
                              "kind": kinds[0] if len(kinds) == 1 else "+".join(kinds), "rows_read": source.rows_read,
                              "rows_ok": source.table.num_rows, "drops": dict(sorted(read_drops.items()))}
+    if isinstance(source, SourceRead) and source.rows_ok is not None:  # streamed: the table was never held
+        stats["rows_ok"] = source.rows_ok
+        stats["streamed"] = True
     if isinstance(source, SourceRead):
         if source.sources:
             stats["sources"] = source.sources

@@ -94,7 +94,7 @@ class SourceConfig(BaseModel):
     weight: float | None = Field(None, gt=0, description="[[sources]]: share of the output (weights are normalised); "
                                                           "set on every source or none")
 
-    @field_validator("path", mode="before")
+    @field_validator("path", "hub", "revision", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Any:
         return expand_vars(value) if isinstance(value, str) else value

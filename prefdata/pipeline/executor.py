@@ -12,7 +12,7 @@ build the other started.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,7 +24,7 @@ from prefdata.engines.base import Engine
 from prefdata.engines.config import EngineConfig
 from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE, Checkpoints
 from prefdata.pipeline.context import BuildContext, EnginePool
-from prefdata.pipeline.local import ExecutionResult, run_local
+from prefdata.pipeline.local import ExecutionResult, iter_shards, run_local
 from prefdata.pipeline.stage import Stage
 from prefdata.types import ExecutorKind
 
@@ -72,15 +72,26 @@ class ExecutorConfig(BaseModel):
 
 @dataclass
 class BuildJob:
-    """Everything an executor needs for one build (the source is already read and checked)."""
+    """Everything an executor needs for one build: the source's rows, either read and checked
+    (`table`) or streamed (`shards`: tables of `shard_size` rows, read while the build runs, with
+    `input_rows` an upper bound of their rows), so an input larger than memory is never held whole."""
 
     recipe: Recipe
-    table: pa.Table
+    table: pa.Table | None
     stages: list[Stage]
     out_dir: Path
     use_cache: bool
     engines: Mapping[str, Engine] = field(default_factory=dict)  # already-loaded engines (local executor only)
-    on_shard: Callable[[int, int], None] | None = None
+    on_shard: Callable[[int, int | None], None] | None = None
+    shards: Iterable[pa.Table] | None = None
+    input_rows: int | None = None
+
+    def rows(self) -> int:
+        """The input's rows (for a streamed input: the upper bound, so whole-input stages check it)."""
+        return self.table.num_rows if self.table is not None else int(self.input_rows or 0)
+
+    def input_shards(self) -> Iterable[pa.Table]:
+        return self.shards if self.shards is not None else iter_shards(self.table, self.recipe.output.shard_size)
 
 
 @dataclass
@@ -121,13 +132,14 @@ class LocalExecutor:
         for name, engine in job.engines.items():
             pool.put(name, engine)
         checkpoints = build_checkpoints(job, pool.configs)
-        ctx = BuildContext.for_input(pool, job.recipe.seed, job.table.num_rows, job.recipe.output.shard_size)
+        ctx = BuildContext.for_input(pool, job.recipe.seed, job.rows(), job.recipe.output.shard_size)
         try:
             started = time.perf_counter()
             for stage in job.stages:
                 stage.setup(ctx)
             setup_seconds = time.perf_counter() - started
-            result = run_local(job.table, job.stages, ctx, job.out_dir, job.recipe.output.shard_size,
+            result = run_local(job.table if job.shards is None else job.shards, job.stages, ctx, job.out_dir,
+                               job.recipe.output.shard_size,
                                on_shard=job.on_shard, checkpoints=checkpoints)
             engines = pool.loaded()
         finally:

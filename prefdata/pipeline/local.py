@@ -8,7 +8,7 @@ stage's output per shard is kept too and a rerun resumes after the last finished
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,11 +39,16 @@ class ExecutionResult:
     resumed: dict[str, int] = field(default_factory=lambda: {"shards": 0, "stages": 0})
 
 
-def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_dir: Path, shard_size: int,
-              on_shard: Callable[[int, int], None] | None = None,
+def run_local(table: pa.Table | Iterable[pa.Table], stages: Sequence[Stage], ctx: BuildContext, out_dir: Path,
+              shard_size: int, on_shard: Callable[[int, int | None], None] | None = None,
               checkpoints: Checkpoints | None = None) -> ExecutionResult:
+    """`table` is the whole input, or its shards one by one (a streamed input: `on_shard`'s total is None)."""
     result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
-    shards = list(iter_shards(table, shard_size))
+    if isinstance(table, pa.Table):
+        shards: Iterable[pa.Table] = list(iter_shards(table, shard_size))
+        total: int | None = len(shards)  # type: ignore[arg-type]
+    else:
+        shards, total = table, None
     for index, shard in enumerate(shards):
         done = run_shard(index, shard, stages, ctx, checkpoints)
         for position, stats in enumerate(done.stats):
@@ -57,5 +62,5 @@ def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_d
         result.shards.append(path)
         result.rows += done.table.num_rows
         if on_shard is not None:
-            on_shard(index + 1, len(shards))
+            on_shard(index + 1, total)
     return result

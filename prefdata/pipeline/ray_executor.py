@@ -46,7 +46,7 @@ from prefdata.pipeline.executor import (
     build_checkpoints,
     engine_pool,
 )
-from prefdata.pipeline.local import ExecutionResult, iter_shards
+from prefdata.pipeline.local import ExecutionResult
 from prefdata.pipeline.stage import StageStats
 from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
 from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
@@ -232,7 +232,7 @@ class RayExecutor:
 
         cfg, stages, out_dir = self.config, job.stages, job.out_dir
         checkpoints = build_checkpoints(job, job.recipe.engines)
-        shards = list(iter_shards(job.table, job.recipe.output.shard_size))
+        shards = list(job.input_shards())  # a streamed input is held whole here: Ray needs every shard up front
         result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
         done: dict[int, tuple[pa.Table, list[Reject], list[StageStats]]] = {}
         envelopes, engines, setup = [], {}, Counter()
@@ -275,7 +275,7 @@ class RayExecutor:
                         fn_constructor_kwargs={"recipe": job.recipe.resolved(), "position": position,
                                                "out_dir": str(out_dir.resolve()), "use_cache": job.use_cache,
                                                "stage_fingerprints": fingerprints,
-                                               "input_rows": job.table.num_rows},
+                                               "input_rows": job.rows()},
                         runtime_env={"env_vars": env},
                         max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
             try:

@@ -67,11 +67,18 @@ def open_hub(repo: str, *, config: str | None, split: str, revision: str | None,
     commit = info.sha
     if streaming is None:
         streaming = sum(s.size or 0 for s in info.siblings or []) > STREAM_ABOVE_BYTES
+    from datasets import utils as ds_tqdm
+
+    bars_were_off = ds_tqdm.are_progress_bars_disabled()
+    ds_tqdm.disable_progress_bars()  # the console is the user's: prefdata shows its own progress
     try:
         loaded = datasets.load_dataset(repo, name=config, split=split, revision=commit, streaming=streaming)
     except Exception as exc:  # noqa: BLE001 - unknown config/split, bad files: one line naming the repo
         raise InputError(where, f"cannot load config {config or 'default'!r}, split {split!r} at {commit[:12]}: "
                                 f"{_one_line(exc)}") from None
+    finally:
+        if not bars_were_off:
+            ds_tqdm.enable_progress_bars()
     label = f"{repo}@{commit[:12]}/{config or 'default'}/{split}"
 
     def rows() -> Iterator[tuple[int, dict | RowError, Any]]:

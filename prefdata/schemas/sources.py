@@ -72,6 +72,7 @@ class SourceRead(ReadResult):
 
     info: dict[str, Any] = field(default_factory=dict)
     sources: list[dict[str, Any]] = field(default_factory=list)  # per source of a mix
+    rows_ok: int | None = None  # a streamed source: usable rows (its `table` is then empty)
 
 
 @dataclass
@@ -144,11 +145,81 @@ class ChunkReader:
         self.label = self._opened.label
 
     def __iter__(self) -> Iterator[pa.Table]:
-        spec, opened, columns = self.spec, self._opened, self.spec.columns
+        """Tables of exactly `chunk_rows` rows (the last one shorter): the cut `iter_shards` makes."""
+        buffer: list[pa.Table] = []
+        held = 0
+        for table in self._tables():
+            buffer.append(table)
+            held += table.num_rows
+            while held >= self.chunk_rows:
+                whole = pa.concat_tables(buffer)
+                yield whole.slice(0, self.chunk_rows)
+                rest = whole.slice(self.chunk_rows)
+                buffer, held = ([rest] if rest.num_rows else []), rest.num_rows
+        if held:
+            yield pa.concat_tables(buffer)
+        self._check_some_rows()
+
+    def _full(self) -> bool:
+        return self.spec.limit is not None and self.rows_ok >= self.spec.limit
+
+    def _tables(self) -> Iterator[pa.Table]:
+        """Validated rows as tables of any size, in input order."""
         seen: set[int] = set()
+        batches = self._parquet_batches()
+        if batches is None:
+            yield from self._row_by_row(self._opened.rows, seen)
+            return
+        from prefdata.schemas.fast_pairs import fast_pairs
+
+        start = 0
+        for file, batch in batches:
+            if self._full():
+                return
+            table = fast_pairs(batch, self.spec.columns, self._opened.label, self._opened.stem, start, seen)
+            if table is not None:
+                if self.spec.limit is not None:
+                    table = table.slice(0, self.spec.limit - self.rows_ok)
+                self.rows_read += table.num_rows
+                self.rows_ok += table.num_rows
+                yield table
+            else:
+                rows = ((start + i, record, record) for i, record in enumerate(batch.to_pylist()))
+                yield from self._row_by_row(rows, seen)
+            start += batch.num_rows
+
+    def _parquet_batches(self) -> Iterator[tuple[Path, pa.RecordBatch]] | None:
+        """Arrow batches of a local Parquet pairs source (the vectorised path), else None."""
+        from prefdata.schemas.fast_pairs import eligible
+        from prefdata.schemas.readers import detect_format
+
+        spec = self.spec
+        if spec.path is None or spec.preset is not None or spec.kind != SourceKind.PAIRS or self.namespace \
+                or not eligible(spec.columns) or not Path(spec.path).exists():
+            return None
+        path = Path(spec.path)
+        if detect_format(path, spec.format) != SourceFormat.PARQUET:
+            return None
+        import pyarrow.parquet as pq
+
+        files = sorted(path.glob("**/*.parquet")) if path.is_dir() else [path]
+
+        def batches() -> Iterator[tuple[Path, pa.RecordBatch]]:
+            for file in files:
+                try:
+                    parquet = pq.ParquetFile(file)
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise InputError(str(file), f"not a readable Parquet file ({exc})") from exc
+                for batch in parquet.iter_batches(batch_size=min(self.chunk_rows, 8192)):
+                    yield file, batch
+
+        return batches()
+
+    def _row_by_row(self, rows, seen: set[int]) -> Iterator[pa.Table]:
+        spec, opened, columns = self.spec, self._opened, self.spec.columns
         records: list[dict[str, Any]] = []
-        for index, item, raw in opened.rows:
-            if spec.limit is not None and self.rows_ok >= spec.limit:
+        for index, item, raw in rows:
+            if self._full():
                 break
             self.rows_read += 1
             try:
@@ -172,7 +243,6 @@ class ChunkReader:
                 records = []
         if records:
             yield pa.Table.from_pylist(records, schema=self.schema)
-        self._check_some_rows()
 
     def _check_some_rows(self) -> None:
         """A mapped column that no row has is a mapping mistake, not bad rows: fail naming it."""
@@ -255,3 +325,76 @@ def read_mix(specs: Sequence[SourceSpec], seed: int) -> SourceRead:
               for spec, t in zip(specs, tables)]
     return SourceRead(table=pa.concat_tables(tables), rejects=rejects, rows_read=rows_read,
                       info={"mix": [s.name for s in specs]}, sources=summaries)
+
+
+LOCAL_STREAM_ABOVE_BYTES = 1024**3  # local inputs larger than this are read shard by shard by default
+
+
+def local_bytes(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def row_upper_bound(spec: SourceSpec, opened_info: dict[str, Any]) -> int | None:
+    """Rows the source can yield at most (before validation), without reading it: Parquet metadata,
+    a line count for JSON lines, the Hub split's size when its card gives it; None when unknown."""
+    bound: int | None = opened_info.get("num_rows")
+    if spec.path is not None:
+        import pyarrow.parquet as pq
+
+        path = Path(spec.path)
+        files = sorted(path.glob("**/*.parquet")) if path.is_dir() else [path]
+        if all(f.suffix.lower() == ".parquet" for f in files) and files:
+            bound = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        elif path.is_file() and path.suffix.lower() in {".jsonl", ".ndjson", ".json"}:
+            bound, last = 0, b"\n"
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    bound, last = bound + block.count(b"\n"), block[-1:]
+            bound += last != b"\n"  # a last line without a newline
+    if spec.limit is not None:  # at most `limit` usable rows come out
+        bound = spec.limit if bound is None else min(bound, spec.limit)
+    return bound
+
+
+@dataclass
+class StreamedSource:
+    """One source read shard by shard while the build runs: `shards` yields tables of `shard_size`
+    validated rows (the same shards `iter_shards` cuts from the whole table), and `result()` gives the
+    counts and rejects once they are consumed. `input_rows` bounds the rows from above (unknown: the
+    rows of the first two shards; it is more than one shard either way, so a stage that needs the
+    whole input in one shard refuses, as it would on the whole table)."""
+
+    reader: ChunkReader
+    shards: Iterator[pa.Table]
+    input_rows: int
+
+    @property
+    def column_names(self) -> list[str]:
+        return self.reader.schema.names
+
+    def result(self) -> SourceRead:
+        return SourceRead(table=self.reader.schema.empty_table(), rejects=self.reader.rejects,
+                          rows_read=self.reader.rows_read, info=self.reader.info, rows_ok=self.reader.rows_ok)
+
+
+def open_streamed(spec: SourceSpec, shard_size: int) -> StreamedSource | SourceRead:
+    """Open a source for a build: streamed when it asks to be (`streaming`), when a Hub source
+    streams, or when a local input is over `LOCAL_STREAM_ABOVE_BYTES`; otherwise (and when the first
+    shard is also the last) read whole, as a `SourceRead`."""
+    from itertools import chain
+
+    reader = ChunkReader(spec, chunk_rows=shard_size)
+    stream = spec.streaming if spec.streaming is not None else bool(reader.info.get("streaming")) or (
+        spec.path is not None and local_bytes(spec.path) > LOCAL_STREAM_ABOVE_BYTES)
+    chunks = iter(reader)
+    first = next(chunks, None)
+    second = next(chunks, None) if first is not None else None
+    if not stream or second is None:
+        tables = [t for t in (first, second) if t is not None] + list(chunks)
+        table = pa.concat_tables(tables) if tables else reader.schema.empty_table()
+        return SourceRead(table=table, rejects=reader.rejects, rows_read=reader.rows_read, info=reader.info)
+    bound = row_upper_bound(spec, reader.info)
+    return StreamedSource(reader, chain([first, second], chunks), max(bound or 0, reader.rows_ok))
