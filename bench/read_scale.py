@@ -105,7 +105,7 @@ def main() -> None:
         print(f"wrote {path} ({path.stat().st_size / 1024**3:.2f} GiB) in {time.perf_counter() - started:.0f}s")
     size = path.stat().st_size / 1024**3
     modes = [True, False] if args.compare else [True]
-    print(f"| read | rows | Parquet GiB | shard size | seconds | rows/s | peak RSS GiB |")
+    print("| read | rows | Parquet GiB | shard size | seconds | rows/s | peak RSS GiB |")
     print("|---|---|---|---|---|---|---|")
     for streaming in modes:
         r = run(path, args.dir / "out", streaming, args.shard_size)

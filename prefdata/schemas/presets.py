@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prefdata.schemas.errors import RowError
@@ -307,13 +307,3 @@ def get_preset(name: str) -> Preset:
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}") from None
 
-
-@dataclass(frozen=True)
-class PresetInfo:
-    """What the card and stats record about a preset source."""
-
-    name: str
-    dataset: str
-    license: str
-    citation: str
-    extra: dict = field(default_factory=dict)

@@ -173,7 +173,7 @@ class ChunkReader:
         from prefdata.schemas.fast_pairs import fast_pairs
 
         start = 0
-        for file, batch in batches:
+        for _file, batch in batches:
             if self._full():
                 return
             table = fast_pairs(batch, self.spec.columns, self._opened.label, self._opened.stem, start, seen)

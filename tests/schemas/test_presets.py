@@ -142,3 +142,16 @@ def test_build_with_preset_records_license_and_citation_in_stats_and_card(tmp_pa
     section = config_section("default", recipe, stats, [], [])
     assert "### Source data" in section and "| nectar |" in section and "apache-2.0" in section
     assert "@misc{starling2023" in section
+
+
+def test_readme_presets_table_is_the_registry():
+    from tests.conftest import REPO
+
+    section = (REPO / "README.md").read_text(encoding="utf-8").split("## Your data\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| [`")]
+    assert len(rows) == len(PRESETS)
+    for line, preset in zip(rows, PRESETS.values()):
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        assert cells[0] == f"[`{preset.dataset}`](https://huggingface.co/datasets/{preset.dataset})"
+        assert cells[1:] == [f"`{preset.name}`", preset.license, preset.fields["prompt"], preset.fields["chosen"],
+                             preset.fields["rejected"], preset.fields["scores"]]
