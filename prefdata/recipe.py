@@ -80,8 +80,9 @@ class SourceConfig(BaseModel):
     config: str | None = Field(None, description="hub: the dataset's config (subset); default: the preset's, else the default one")
     split: str | None = Field(None, description="hub: the split to read (default: the preset's, else 'train')")
     revision: str | None = Field(None, description="hub: branch, tag or commit; the build records the commit it read")
-    streaming: bool | None = Field(None, description="hub: read the split over HTTP shard by shard instead of downloading "
-                                                      "it first (unset: stream repositories over 2 GiB)")
+    streaming: bool | None = Field(None, description="Read the input shard by shard while the build runs instead of whole "
+                                                      "first (hub: over HTTP, without downloading the split); unset: on "
+                                                      "for local inputs over 1 GiB and Hub repositories over 2 GiB")
     preset: str | None = Field(None, description="Known dataset layout: " + ", ".join(sorted(PRESETS))
                                + " (sets kind and columns; [source.columns] keys override)")
     format: SourceFormat = Field(SourceFormat.AUTO, description="Reader; auto picks by suffix")
