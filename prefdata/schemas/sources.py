@@ -207,7 +207,7 @@ class ChunkReader:
         def batches() -> Iterator[tuple[Path, pa.RecordBatch]]:
             for file in files:
                 try:
-                    parquet = pq.ParquetFile(file)
+                    parquet = pq.ParquetFile(file, pre_buffer=False)  # pre-buffering keeps every read range: memory grows with the file
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise InputError(str(file), f"not a readable Parquet file ({exc})") from exc
                 for batch in parquet.iter_batches(batch_size=min(self.chunk_rows, 8192)):
