@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefdata import __version__
 from prefdata.engines.base import Engine
-from prefdata.pipeline.checkpoint import remove_temp_files
 from prefdata.pipeline.executor import BuildJob, make_executor
 from prefdata.pipeline.local import ExecutionResult
 from prefdata.pipeline.stage import ChainError, check_chain
-from prefdata.recipe import Recipe, RecipeError, load_recipe, parse_recipe
+from prefdata.recipe import Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
 from prefdata.registry import make_stage
 from prefdata.schemas.errors import InputError, rejects_table
+from prefdata.schemas.output_folder import OutputFolder, check_output_folder
 from prefdata.schemas.pair import SCHEMA_VERSION
 from prefdata.schemas.readers import ReadResult, read_pairs, read_prompts
 from prefdata.schemas.sources import (
@@ -36,7 +37,7 @@ from prefdata.schemas.sources import (
     read_mix,
     read_one,
 )
-from prefdata.schemas.writers import load_dataset_dir, shard_files, write_bytes_atomic, write_parquet_atomic
+from prefdata.schemas.writers import load_dataset_dir, shard_path, write_bytes_atomic, write_parquet_atomic
 from prefdata.types import ExecutorKind, SourceKind
 
 STATS_FILE, RECIPE_FILE, REJECTS_FILE = "stats.json", "recipe.json", "rejects.parquet"
@@ -55,13 +56,18 @@ class BuildResult:
 
 def resolve_recipe(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None,
                    output: str | Path | None = None, limit: int | None = None,
-                   executor: ExecutorKind | str | None = None) -> Recipe:
+                   executor: ExecutorKind | str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """The recipe with the command line's options applied: `--set KEY=VALUE` overrides first (dotted
+    paths, validated like the recipe file and recorded in its `overrides`), then input/output/limit."""
     if isinstance(recipe, Recipe):
         data = recipe.resolved()
     elif isinstance(recipe, dict):
         data = parse_recipe(recipe).resolved()
     else:
         data = load_recipe(recipe).resolved()
+    if overrides:
+        data = apply_overrides(data, overrides)
+        parse_recipe(data, "<recipe with --set overrides>")  # errors name the overridden key
     if input is not None:
         if data.get("source") is None:
             raise RecipeError("--input replaces [source] path; this recipe reads [[sources]]")
@@ -103,27 +109,69 @@ def open_source(recipe: Recipe) -> ReadResult | StreamedSource:
     return open_streamed(src.spec(), recipe.output.shard_size)
 
 
-def prepare_output_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(str(out_dir), "output path exists and is not a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+class NoUsableRowsError(InputError):
+    """The source gave no row a stage could use: the build stops before any engine loads."""
+
+
+def check_usable(recipe: Recipe, source: ReadResult) -> None:
+    """Raise `NoUsableRowsError` (counts by reject reason and the first reject) for an input
+    without one usable row: an empty file must not load engines and report "built 0 pairs"."""
+    if source.table.num_rows:
+        return
+    path = source_label(recipe)
+    if not source.rejects:
+        raise NoUsableRowsError(path, f"no rows to build from ({source.rows_read} rows read; the file is empty "
+                                      "or holds only blank lines)")
+    counts = Counter(r.reason.value for r in source.rejects)
+    first = source.rejects[0]
+    where = f"row {first.row}" + (f", field '{first.field}'" if first.field else "")
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts.most_common())
+    raise NoUsableRowsError(path, f"no usable rows: all {len(source.rejects)} rows were rejected ({reasons}); "
+                                  f"first: {where}: {first.reason.value}: {first.detail}")
+
+
+def source_label(recipe: Recipe) -> str:
+    """Names the input in errors: the file, the Hub repository, or the mix's sources."""
+    names = [str(src.path) if src.path is not None else f"hub:{src.hub}" for src in recipe.source_list()]
+    return names[0] if len(names) == 1 else "[[sources]] " + ", ".join(names)
+
+
+def _listed(shards, folder: OutputFolder, out_dir: Path):
+    """A streamed input's shards, each output file listed in the manifest before it is written."""
+    for index, shard in enumerate(shards):
+        folder.will_write([shard_path(out_dir, index)])
+        yield shard
+
+
+def planned_shards(out_dir: Path, rows: int, shard_size: int) -> list[Path]:
+    """The shard files a build of `rows` input rows writes (listed in the manifest before writing)."""
+    count = max(1, -(-rows // shard_size))
+    return [shard_path(out_dir, index) for index in range(count)]
 
 
 def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None, output: str | Path | None = None,
               limit: int | None = None, engines: dict[str, Engine] | None = None,
-              on_shard=None, cache: bool | None = None, executor: ExecutorKind | str | None = None) -> BuildResult:
+              on_shard=None, cache: bool | None = None, executor: ExecutorKind | str | None = None,
+              overrides: list[str] | tuple[str, ...] = (), overwrite: bool = False) -> BuildResult:
     """Run a recipe; returns the output folder and its stats. `engines` supplies already-loaded
     engines by name (they are used instead of loading the recipe's, and not closed here).
     `cache` overrides the recipe's `output.cache` (the request cache); `executor` the recipe's
-    `[executor] kind` (local or ray)."""
+    `[executor] kind` (local or ray); `overrides` are `KEY=VALUE` strings (`--set`).
+
+    Everything that can fail without an engine is checked before one loads: the recipe, the output
+    folder (it must be new, empty or an earlier prefdata build; `overwrite` discards that earlier
+    build's files and state), the input (at least one usable row) and the stage chain."""
     started = time.perf_counter()
-    recipe = resolve_recipe(recipe, input=input, output=output, limit=limit, executor=executor)
+    recipe = resolve_recipe(recipe, input=input, output=output, limit=limit, executor=executor, overrides=overrides)
     out_dir = recipe.output_dir()
-    prepare_output_dir(out_dir)
-    remove_temp_files(out_dir)  # half-written files of a killed build; their targets are intact
+    inputs = [src.path for src in recipe.source_list() if src.path is not None]
+    check_output_folder(out_dir, inputs=inputs, overwrite=overwrite)
     opened = open_source(recipe)
     streamed = opened if isinstance(opened, StreamedSource) else None  # read shard by shard during the build
     source = opened.result() if isinstance(opened, StreamedSource) else opened
+    if streamed is None:  # a streamed source has more than one shard of usable rows
+        check_usable(recipe, source)
     stages = [make_stage(config) for config in recipe.stages]
     try:
         check_chain(stages, source.table.column_names)
@@ -133,25 +181,30 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     if engines and recipe.executor.kind != ExecutorKind.LOCAL:
         raise RecipeError(f"recipe {recipe.name}: engines passed in memory run only with the local executor "
                           f"(the {recipe.executor.kind.value} executor loads the recipe's engines in its workers)")
-    job = BuildJob(recipe=recipe, table=source.table if streamed is None else None, stages=stages, out_dir=out_dir,
-                   use_cache=use_cache, engines=engines or {}, on_shard=on_shard,
-                   shards=streamed.shards if streamed else None, input_rows=streamed.input_rows if streamed else None)
-    outcome = make_executor(recipe.executor).run(job)
-    if streamed is not None:
-        source = streamed.result()
-    result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
-    _remove_stale_shards(out_dir, result)
-    rejects = source.rejects + result.rejects
-    write_parquet_atomic(rejects_table(rejects), out_dir / REJECTS_FILE)
-    stats = _stats(recipe, source, result, engine_ids, setup_seconds, time.perf_counter() - started)
-    stats["resumed"] = result.resumed
-    stats["request_cache"] = outcome.request_cache
-    stats["executor"] = recipe.executor.kind.value
-    estimates = combined_estimates(stages, result)
-    if estimates:
-        stats["estimates"] = estimates
-    write_bytes_atomic(json.dumps(recorded_recipe(recipe, source), indent=2).encode(), out_dir / RECIPE_FILE)
-    write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
+    with OutputFolder.claim(out_dir, inputs=inputs, overwrite=overwrite) as folder:
+        if streamed is None:
+            folder.will_write(planned_shards(out_dir, source.table.num_rows, recipe.output.shard_size))
+        folder.will_write([out_dir / REJECTS_FILE, out_dir / STATS_FILE, out_dir / RECIPE_FILE])
+        job = BuildJob(recipe=recipe, table=source.table if streamed is None else None, stages=stages, out_dir=out_dir,
+                       use_cache=use_cache, engines=engines or {}, on_shard=on_shard,
+                       shards=_listed(streamed.shards, folder, out_dir) if streamed else None,
+                       input_rows=streamed.input_rows if streamed else None)
+        outcome = make_executor(recipe.executor).run(job)
+        if streamed is not None:
+            source = streamed.result()
+        result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
+        folder.keep_only(result.shards)  # stale shards of an earlier, larger build in this folder
+        rejects = source.rejects + result.rejects
+        write_parquet_atomic(rejects_table(rejects), out_dir / REJECTS_FILE)
+        stats = _stats(recipe, source, result, engine_ids, setup_seconds, time.perf_counter() - started)
+        stats["resumed"] = result.resumed
+        stats["request_cache"] = outcome.request_cache
+        stats["executor"] = recipe.executor.kind.value
+        estimates = combined_estimates(stages, result)
+        if estimates:
+            stats["estimates"] = estimates
+        write_bytes_atomic(json.dumps(recorded_recipe(recipe, source), indent=2).encode(), out_dir / RECIPE_FILE)
+        write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
     built = BuildResult(out_dir=out_dir, stats=stats)
     if recipe.push is not None:  # [push]: publish only after a complete build (prefdata/hub.py)
         from prefdata.hub import push_recipe_output
@@ -184,13 +237,6 @@ def combined_estimates(stages, result: ExecutionResult) -> dict[str, Any]:
     for stage, stage_stats in zip(stages, result.stats):
         estimates.update(stage.combine_estimates(stage_stats.estimates))
     return estimates
-
-
-def _remove_stale_shards(out_dir: Path, result: ExecutionResult) -> None:
-    keep = set(result.shards)
-    for path in shard_files(out_dir):
-        if path not in keep:
-            path.unlink()
 
 
 def _stats(recipe: Recipe, source: ReadResult, result: ExecutionResult, engines: dict, setup_seconds: float,

@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from prefdata.types import ExecutorKind
 
@@ -24,7 +25,8 @@ console = Console(stderr=True)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    # Messages quote user text (`[source.columns]`, file names): escaped, or Rich would eat brackets.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -38,6 +40,8 @@ def build(
     no_push: bool = typer.Option(False, "--no-push", help="Skip the recipe's [push] table (build locally only)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the request cache (OUT/.prefdata/requests.sqlite)"),
     executor: Optional[ExecutorKind] = typer.Option(None, "--executor", "-e", help="Where the stages run (overrides the recipe's [executor] kind): local, or ray (a Ray cluster; local one if [executor] has no address)"),  # noqa: UP007
+    set_: list[str] = typer.Option([], "--set", "-s", metavar="KEY=VALUE", help="Override a recipe value by its dotted path, e.g. --set seed=1 --set output.shard_size=50 --set stages.0.n=8 (repeatable; validated like the recipe file, recorded in recipe.json)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier prefdata build in the output folder (its files, checkpoints and cache); never touches a folder prefdata did not write"),
 ) -> None:
     """Build a preference dataset from RECIPE (and push it if the recipe has a [push] table)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -51,6 +55,8 @@ def build(
 
     def on_shard(done: int, total: int) -> None:
         progress.update(task, completed=done, total=total)
+        if not progress.live.is_started:
+            progress.start()
 
     try:
         source = recipe
@@ -58,17 +64,25 @@ def build(
             from prefdata.recipe import load_recipe
 
             source = load_recipe(recipe).model_copy(update={"push": None})
-        with progress:
+        try:
             result = run_build(source, input=input, output=output, limit=limit, on_shard=on_shard,
-                               cache=False if no_cache else None, executor=executor)
+                               cache=False if no_cache else None, executor=executor, overrides=set_,
+                               overwrite=overwrite)
+        finally:
+            progress.stop()
     except PrefdataError as exc:
         _fail(str(exc))
     stats = result.stats
     console.print(f"[green]built[/] {stats['output']['rows']} pairs in {result.out_dir} "
                   f"({stats['output']['rejects']} rejects, {stats['seconds']['total']:.1f}s)")
+    read = stats["source"]
+    read_drops = ", ".join(f"{k}={v}" for k, v in read["drops"].items()) or "none"
+    console.print(escape(f"  read: {read['rows_read']} rows -> {read['rows_ok']} usable; rejects: {read_drops}"),
+                  highlight=False)
     for stage in stats["stages"]:
         drops = ", ".join(f"{k}={v}" for k, v in stage["drops"].items()) or "none"
-        console.print(f"  {stage['name']}: {stage['rows_in']} -> {stage['rows_out']} rows; drops: {drops}")
+        console.print(escape(f"  {stage['name']}: {stage['rows_in']} -> {stage['rows_out']} rows; drops: {drops}"),
+                      highlight=False)
     if result.pushed is not None:
         _report_push(result.pushed)
 

@@ -191,6 +191,8 @@ class Recipe(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     push: PushConfig | None = Field(None, description="Push the output to the Hugging Face Hub after the build")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where the stages run: local or a Ray cluster")
+    overrides: list[str] = Field(default_factory=list,
+                                 description="`prefdata build --set KEY=VALUE` overrides applied to the recipe file (recorded, not set by hand)")
 
     @model_validator(mode="after")
     def _one_source_table(self) -> Recipe:
@@ -213,6 +215,51 @@ class Recipe(BaseModel):
 
     def resolved(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
+
+
+def parse_override_value(text: str) -> Any:
+    """A `--set` value as TOML reads it (`1`, `0.5`, `true`, `"a"`, `[1, 2]`, `{a = 1}`); anything TOML
+    cannot read is taken as a plain string (`out/run1`, `policy`)."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `KEY=VALUE` overrides (dotted paths; a number indexes a list: `stages.0.n=8`) to a
+    resolved recipe dict; returns a new dict that records them in `overrides`. A path through a
+    missing table creates it (unknown keys are then rejected by the recipe's validation)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set seed=1 or --set stages.0.n=8")
+        parts = key.split(".")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(f"--set {key}: {where} is not an index of a list of {len(node)} items")
+                index = int(part)
+                if last:
+                    node[index] = parse_override_value(raw)
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = parse_override_value(raw)
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a table or list")
+        data.setdefault("overrides", []).append(f"{key}={raw}")
+    return data
 
 
 def _format_validation(origin: str, exc: ValidationError) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import re
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import prefdata
-from prefdata.build import run_build
+from prefdata.build import resolve_recipe, run_build
 from prefdata.recipe import RecipeError, load_recipe
 from prefdata.schemas.errors import InputError
 from prefdata.schemas.pair import CORE_PAIR_COLUMNS, schema_version_of
@@ -123,3 +124,114 @@ def test_examples_are_valid_recipes():
     for path in sorted((REPO / "examples").glob("*.toml")):
         recipe = load_recipe(path)
         assert recipe.stages, path
+
+
+# --- a build a user can trust: their files, empty inputs, overrides ------------------------------
+
+
+def _pairs_recipe(src, out, **extra):
+    return {"name": "pairs", "source": {"path": str(src), "kind": "pairs"}, "output": {"dir": str(out)}, **extra}
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_build_never_touches_a_users_folder(tmp_path):
+    """The Hub's shard name and the user's stats.json survive; the build refuses before reading."""
+    folder = tmp_path / "mine"
+    (folder / "data").mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": ["mine"], "chosen": ["a"], "rejected": ["b"]}),
+                   folder / "data" / "train-00000-of-00001.parquet")
+    (folder / "stats.json").write_text('{"mine": 1}')
+    before = _files(folder)
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="prefdata did not write"):
+            run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", folder), overwrite=overwrite)
+    assert _files(folder) == before
+
+
+def test_the_input_file_is_never_the_output(tmp_path):
+    """`--input DIR/data/train-00000-of-00001.parquet --output DIR`: refused, the input intact."""
+    first = run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", tmp_path / "first"))
+    src = first.out_dir / "data" / "train-00000.parquet"
+    before = src.read_bytes()
+    with pytest.raises(InputError, match="lies in"):
+        run_build(_pairs_recipe(src, first.out_dir))
+    assert src.read_bytes() == before
+
+
+def test_rebuild_and_overwrite_an_earlier_build(tmp_path):
+    out = tmp_path / "out"
+    first = run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", out, output={"dir": str(out), "shard_size": 2}))
+    assert len(list((out / "data").glob("*.parquet"))) == first.stats["output"]["shards"] > 1
+    (out / "NOTES.md").write_text("mine")  # a file the user adds next to a build stays
+    again = run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", out, output={"dir": str(out), "shard_size": 100}))
+    assert [p.name for p in (out / "data").glob("*.parquet")] == ["train-00000.parquet"]
+    assert again.stats["output"]["rows"] == first.stats["output"]["rows"]
+    run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", out), overwrite=True)
+    assert (out / "NOTES.md").read_text() == "mine"
+    manifest = json.loads((out / ".prefdata" / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"data/train-00000.parquet", "rejects.parquet", "stats.json", "recipe.json"}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "no rows to build from (0 rows read"),
+    (b"\n   \n\n", "no rows to build from (0 rows read"),
+    (b'{"prompt": 1}\nnot json\n{"prompt": ""}\n', "all 3 rows were rejected (wrong_type 1, invalid_json 1, empty_text 1); "
+                                                    "first: row 0, field 'prompt': wrong_type"),
+])
+def test_no_usable_rows_fails_before_any_engine_loads(tmp_path, content, message):
+    src = tmp_path / "prompts.jsonl"
+    src.write_bytes(content)
+    # An engine that cannot load: reaching it would raise a different error.
+    recipe = {"source": {"path": str(src)}, "engines": {"policy": {"backend": "transformers", "model": str(tmp_path / "no-model")}},
+              "stages": [{"type": "on_policy", "n": 2}], "output": {"dir": str(tmp_path / "out")}}
+    with pytest.raises(InputError, match=re.escape(message)):
+        run_build(recipe)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bom_and_compressed_jsonl_read_like_plain(tmp_path):
+    plain = (FIXTURES / "pairs_small.jsonl").read_bytes()
+    variants = {"bom.jsonl": b"\xef\xbb\xbf" + plain}
+    for suffix, codec in ((".jsonl.gz", "gzip"), (".json.gz", "gzip"), (".jsonl.zst", "zstd")):
+        path = tmp_path / f"c{suffix}"
+        with pa.output_stream(str(path), compression=codec) as stream:
+            stream.write(plain)
+        variants[path.name] = None
+    (tmp_path / "bom.jsonl").write_bytes(variants["bom.jsonl"])
+    expected = run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", tmp_path / "o-plain"))
+    for name in variants:
+        got = run_build(_pairs_recipe(tmp_path / name, tmp_path / f"o-{name}"))
+        assert got.stats["source"]["drops"] == expected.stats["source"]["drops"], name  # the BOM line is no reject
+        rows = [{**r, "metadata": {**r["metadata"], "source_file": None}} for r in got.dataset.to_list()]
+        assert rows == [{**r, "metadata": {**r["metadata"], "source_file": None}} for r in expected.dataset.to_list()], name
+
+
+def test_set_overrides_are_validated_and_recorded(tmp_path):
+    recipe = _recipe(tmp_path)
+
+    got = resolve_recipe(recipe, overrides=["seed=7", "output.shard_size=50", "stages.0.n=8",
+                                            "stages.0.sampling.temperature=0.5", "engines.policy.dtype=bfloat16"])
+    assert got.seed == 7 and got.output.shard_size == 50 and got.stages[0].n == 8
+    assert got.stages[0].sampling.temperature == 0.5 and got.engines["policy"].dtype == "bfloat16"
+    assert got.overrides == ["seed=7", "output.shard_size=50", "stages.0.n=8", "stages.0.sampling.temperature=0.5",
+                             "engines.policy.dtype=bfloat16"]
+    with pytest.raises(RecipeError, match=r"stages\.0\.(on_policy\.)?n: Input should be greater than or equal to 2"):
+        resolve_recipe(recipe, overrides=["stages.0.n=1"])
+    with pytest.raises(RecipeError, match="output.shard_sise: Extra inputs are not permitted"):
+        resolve_recipe(recipe, overrides=["output.shard_sise=5"])
+    with pytest.raises(RecipeError, match="stages.3 is not an index of a list of 1 items"):
+        resolve_recipe(recipe, overrides=["stages.3.n=2"])
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        resolve_recipe(recipe, overrides=["seed"])
+
+
+def test_set_is_recorded_in_recipe_json(tmp_path):
+    out = tmp_path / "out"
+    run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", out), overrides=["seed=3", "description=from --set"])
+    recorded = json.loads((out / "recipe.json").read_text())
+    assert recorded["seed"] == 3 and recorded["description"] == "from --set"
+    assert recorded["overrides"] == ["seed=3", "description=from --set"]
+    assert load_recipe(out / "recipe.json").seed == 3  # recipe.json is itself a valid recipe

@@ -90,3 +90,43 @@ def test_no_cache_switch_turns_the_request_cache_off(tmp_path, monkeypatch):
     assert result.exit_code == 2 and seen["cache"] is False
     CliRunner().invoke(app, ["build", str(recipe), "-q"])
     assert seen["cache"] is None  # the recipe's `output.cache` decides (on by default)
+
+
+def test_error_text_in_square_brackets_is_shown(tmp_path):
+    """Rich markup must not eat `[source.columns]` from the missing-column hint."""
+    src = tmp_path / "p.jsonl"
+    src.write_text('{"question": "a"}\n{"question": "b"}\n')
+    recipe = _write_recipe(tmp_path, "transformers")
+    result = CliRunner().invoke(app, ["build", str(recipe), "--input", str(src), "-q", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "(map it under [source.columns])" in result.output
+
+
+def test_empty_input_exits_non_zero_in_one_line_without_an_engine(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    recipe = _write_recipe(tmp_path, "vllm")
+    proc = subprocess.run([sys.executable, "-m", "prefdata", "build", str(recipe), "--input", str(empty),
+                           "-o", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "no rows to build from" in lines[0], lines
+    assert not (tmp_path / "o").exists()
+
+
+def test_set_and_overwrite_options_reach_the_build(tmp_path):
+    src = FIXTURES / "pairs_small.jsonl"
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'name = "p"\n[source]\npath = "{src}"\nkind = "pairs"\n')
+    out = tmp_path / "o"
+    result = CliRunner().invoke(app, ["build", str(recipe), "-o", str(out), "-q", "--set", "seed=5",
+                                      "--set", "output.shard_size=3"])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "recipe.json").read_text())
+    assert recorded["seed"] == 5 and recorded["output"]["shard_size"] == 3
+    assert recorded["overrides"] == ["seed=5", "output.shard_size=3"]
+    result = CliRunner().invoke(app, ["build", str(recipe), "-o", str(out), "-q", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "recipe.json").read_text())["seed"] == 0
+    bad = CliRunner().invoke(app, ["build", str(recipe), "-o", str(out), "-q", "--set", "output.shard_size=0"])
+    assert bad.exit_code == 2 and "output.shard_size: Input should be greater than or equal to 1" in bad.output

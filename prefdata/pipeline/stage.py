@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from prefdata.pipeline.context import BuildContext
-from prefdata.schemas.errors import Reject
+from prefdata.schemas.errors import PrefdataError, Reject
 from prefdata.schemas.pair import fingerprint
 
 RATE_NUM, RATE_DEN = "__num", "__den"
@@ -129,6 +129,7 @@ class Stage(ABC):
     def run(self, table: pa.Table, ctx: BuildContext) -> tuple[StageOutput, StageStats]:
         start = time.perf_counter()
         out = self.process(table, ctx)
+        check_accounting(self, table, out)
         stats = StageStats(self.name, rows_in=table.num_rows, rows_out=out.table.num_rows,
                            drops=Counter(r.reason.value for r in out.rejects), counters=Counter(out.counters),
                            seconds=time.perf_counter() - start, estimates=[out.estimates] if out.estimates else [])
@@ -152,6 +153,56 @@ class EngineStage(Stage):
 
 class ChainError(ValueError):
     pass
+
+
+class AccountingError(PrefdataError):
+    """A stage lost, invented or duplicated rows: a bug in the stage, never a data problem."""
+
+
+def _ids(table: pa.Table, column: str) -> list[str]:
+    return table.column(column).to_pylist() if column in table.column_names else []
+
+
+def _shown(ids: Iterable[Any]) -> str:
+    ids = sorted(map(str, ids))
+    return ", ".join(ids[:5]) + (f" (+{len(ids) - 5} more)" if len(ids) > 5 else "")
+
+
+def check_accounting(stage: Stage, table: pa.Table, out: StageOutput) -> None:
+    """The stage contract on one shard: no row is dropped without a reject, invented or duplicated.
+
+    * 1:1 stages (filters, scorers): every input id is in the output or in a reject, not both;
+      the output has only input ids, each once (so rows in = rows out + rejected rows).
+    * Generators (`replaces_columns`): every input row leads to output rows or to a reject: its
+      `prompt_id` (a pair input) or its `id` (a prompt input) appears as an output `prompt_id`, or
+      its `id` as a reject's `row_id`.
+    Raises `AccountingError` naming the stage and the ids."""
+    in_ids = _ids(table, "id")
+    if not in_ids and table.num_rows:
+        return  # a table without ids (a stage run by hand on raw data): nothing to account by
+    rejected = [r.row_id for r in out.rejects]
+    if stage.replaces_columns:
+        produced, rejected_set = set(_ids(out.table, "prompt_id")), set(rejected)
+        lineage = _ids(table, "prompt_id") or in_ids
+        lost = [i for i, key in zip(in_ids, lineage) if key not in produced and i not in rejected_set]
+        if lost:
+            raise AccountingError(f"stage {stage.name}: {len(lost)} input rows gave neither output rows nor a "
+                                  f"reject: {_shown(lost)}")
+        return
+    out_ids = _ids(out.table, "id")
+    problems = []
+    if len(set(out_ids)) != len(out_ids):
+        problems.append(f"duplicated output ids {_shown(i for i, n in Counter(out_ids).items() if n > 1)}")
+    if invented := set(out_ids) - set(in_ids):
+        problems.append(f"output ids not in its input {_shown(invented)}")
+    if both := set(out_ids) & set(rejected):
+        problems.append(f"ids both kept and rejected {_shown(both)}")
+    if lost := set(in_ids) - set(out_ids) - set(rejected):
+        problems.append(f"input ids neither kept nor rejected {_shown(lost)}")
+    if not problems and table.num_rows != out.table.num_rows + len(out.rejects):
+        problems.append(f"rows in {table.num_rows} != rows out {out.table.num_rows} + rejects {len(out.rejects)}")
+    if problems:
+        raise AccountingError(f"stage {stage.name}: broke the row accounting: {'; '.join(problems)}")
 
 
 def check_chain(stages: Iterable[Stage], input_columns: Sequence[str]) -> list[str]:

@@ -11,6 +11,7 @@ silently) on the first bad line and cannot say which row was bad.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -36,7 +37,11 @@ COMPLETIONS_METADATA_TYPE = pa.struct([
 ])
 INPUT_SOURCE = "input"
 _ROLES = {r.value for r in Role}
-_HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+# A turn marker at the start of the text or of a line. HH-RLHF separates turns with a blank line, but
+# some transcripts have a marker after a single newline: that is a turn boundary too, never text.
+_HH_TURN = re.compile(r"(?:^|\n+)(Human|Assistant):")
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".lz4": "lz4"}
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,10 @@ def detect_format(path: Path, fmt: SourceFormat) -> SourceFormat:
     if path.is_dir():
         return SourceFormat.PARQUET if any(path.glob("**/*.parquet")) and not (path / "dataset_info.json").exists() \
             else SourceFormat.DATASETS
-    suffix = path.suffix.lower()
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes = suffixes[:-1]  # data.jsonl.gz: the format is that of data.jsonl
+    suffix = suffixes[-1] if suffixes else ""
     if suffix in {".jsonl", ".json", ".ndjson"}:
         return SourceFormat.JSONL
     if suffix == ".parquet":
@@ -124,26 +132,46 @@ def iter_records(path: str | Path, fmt: SourceFormat = SourceFormat.AUTO) -> Ite
         yield from _iter_datasets(path)
 
 
+def _open_text_bytes(path: Path):
+    """A binary line reader: compressed files (.gz, .zst, .bz2, .lz4 by suffix) are decompressed by
+    pyarrow's streams."""
+    codec = COMPRESSED_SUFFIXES.get(path.suffix.lower())
+    if codec is None:
+        return path.open("rb")
+    import pyarrow as pa
+
+    try:
+        return io.BufferedReader(pa.input_stream(str(path), compression=codec))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise InputError(str(path), f"cannot open as {codec}-compressed ({exc})") from exc
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | RowError, Any]]:
-    with path.open("rb") as handle:
-        for index, raw in enumerate(handle):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                payload = raw.decode("utf-8", errors="backslashreplace")
-                yield index, RowError(RejectReason.NOT_UTF8, None, f"invalid UTF-8 at byte {exc.start}"), payload
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield index, RowError(RejectReason.INVALID_JSON, None, f"{exc.msg} at column {exc.colno}"), line
-                continue
-            if not isinstance(record, dict):
-                yield index, RowError(RejectReason.NOT_AN_OBJECT, None, f"expected a JSON object, got {type(record).__name__}"), line
-                continue
-            yield index, record, record
+    with _open_text_bytes(path) as handle:
+        try:
+            for index, raw in enumerate(handle):
+                if index == 0 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM):]  # UTF-8 with a byte-order mark (Windows editors write one)
+                if not raw.strip():
+                    continue
+                yield _jsonl_row(index, raw)
+        except OSError as exc:  # a truncated or corrupt compressed stream
+            raise InputError(str(path), f"cannot decompress ({exc})") from exc
+
+
+def _jsonl_row(index: int, raw: bytes) -> tuple[int, dict | RowError, Any]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        payload = raw.decode("utf-8", errors="backslashreplace")
+        return index, RowError(RejectReason.NOT_UTF8, None, f"invalid UTF-8 at byte {exc.start}"), payload
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return index, RowError(RejectReason.INVALID_JSON, None, f"{exc.msg} at column {exc.colno}"), line
+    if not isinstance(record, dict):
+        return index, RowError(RejectReason.NOT_AN_OBJECT, None, f"expected a JSON object, got {type(record).__name__}"), line
+    return index, record, record
 
 
 def _iter_datasets(path: Path) -> Iterator[tuple[int, dict | RowError, Any]]:
@@ -200,7 +228,11 @@ def validate_messages(value: Any, field_name: str) -> list[dict[str, str]]:
 
 
 def parse_hh_transcript(text: str, field_name: str = "transcript") -> list[dict[str, str]]:
-    """'\\n\\nHuman: a\\n\\nAssistant: b' -> [{user: a}, {assistant: b}] (HH-RLHF's format)."""
+    """'\\n\\nHuman: a\\n\\nAssistant: b' -> [{user: a}, {assistant: b}] (HH-RLHF's format).
+
+    A marker at the start of any line is a turn boundary: a few HH transcripts have one after a
+    single newline, and it starts a new turn rather than becoming part of the previous one. Two
+    turns of one role in a row are kept as they are in the source (HH has such transcripts)."""
     text = _text(text, field_name)
     marks = list(_HH_TURN.finditer(text))
     if not marks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -512,7 +513,8 @@ def test_real_hh_rlhf_rows(shared_data):
     assert result.table.num_rows == 1310
     rows = result.table.to_pylist()
     assert len({r["id"] for r in rows}) == 1310
-    assert sum(len(r["chosen"]) + len(r["rejected"]) > 2 for r in rows) == 4
+    # 4 rows end with two Assistant turns after a blank line, row 867 after a single newline.
+    assert sum(len(r["chosen"]) + len(r["rejected"]) > 2 for r in rows) == 5
     for row in rows:
         src = source[row["metadata"]["source_row"]]
         assert row["prompt_id"] == src["id"]
@@ -522,7 +524,8 @@ def test_real_hh_rlhf_rows(shared_data):
             assert row[side] and all(m["role"] == A for m in row[side])
             # Parsed turns written back as a transcript give the source text again.
             rebuilt = "".join(f"\n\n{'Human' if m['role'] == U else 'Assistant'}: {m['content']}" for m in row["prompt"] + row[side])
-            assert rebuilt == src[side], (src["id"], side)
+            # (a turn marker after a single newline is a boundary too: compare with blank-line separators)
+            assert rebuilt == re.sub(r"\n+(Human|Assistant):", r"\n\n\1:", src[side]), (src["id"], side)
 
 
 def test_rejects_carry_row_id_and_mapped_id_field(tmp_path):
@@ -578,3 +581,23 @@ def test_completions_reads_oasst_ranks(shared_data):
         ranks = {r["text"]: r["rank"] for r in replies}
         assert ranks[row["chosen"][0]["content"]] == 0 and row["chosen_score"] == 0.0
         assert ranks[row["rejected"][0]["content"]] == max(ranks.values()) == -row["rejected_score"]
+
+
+def test_hh_marker_after_a_single_newline_is_a_turn_boundary():
+    """HH-RLHF has transcripts with '\\nHuman:' after a single newline: a new turn, never assistant text."""
+    text = "\n\nHuman: Hi\n\nAssistant: Hello.\nHuman: Tell me a joke.\n\nAssistant: No."
+    assert parse_hh_transcript(text) == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "No."},
+    ]
+
+
+@pytest.mark.realdata
+def test_hh_single_newline_marker_on_real_rows(shared_data):
+    """Row 867 of the shared HH file has '\nAssistant:' after a single newline: two turns, not one."""
+    path = shared_data / "hh_rlhf_harmless_test_1312.jsonl"
+    source = json.loads(path.read_text(encoding="utf-8").splitlines()[867])
+    (row,) = [r for r in read_pairs(path, kind="hh").table.to_pylist() if r["prompt_id"] == source["id"]]
+    assert [m["role"] for m in row["chosen"]][-2:] == ["assistant", "assistant"]
+    assert row["chosen"][-1]["content"].startswith("  By the way")
+    assert not any("\nAssistant:" in m["content"] or "\nHuman:" in m["content"] for m in row["chosen"] + row["prompt"])
