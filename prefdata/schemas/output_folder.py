@@ -99,7 +99,7 @@ def check_output_folder(folder: str | Path, *, inputs: Iterable[str | Path] = ()
             raise OutputFolderError(folder, f"the input {source} lies in (or holds) the output folder; "
                                             "choose another --output (a build never writes over its input)")
     if folder.exists() and not folder.is_dir():
-        raise OutputFolderError(folder, "exists and is not a directory")
+        raise OutputFolderError(folder, "output path exists and is not a directory")
     target = _nearest_existing(folder)
     if not target.is_dir():
         raise OutputFolderError(folder, f"cannot create it: {target} is not a directory")
