@@ -32,6 +32,15 @@ from prefdata.schemas.errors import InputError, rejects_table
 from prefdata.schemas.output_folder import OutputFolder, check_output_folder
 from prefdata.schemas.pair import SCHEMA_VERSION
 from prefdata.schemas.readers import ReadResult, read_pairs, read_prompts
+from prefdata.schemas.sources import (
+    LOCAL_STREAM_ABOVE_BYTES,
+    SourceRead,
+    StreamedSource,
+    local_bytes,
+    open_streamed,
+    read_mix,
+    read_one,
+)
 from prefdata.schemas.writers import load_dataset_dir, shard_path, write_bytes_atomic, write_parquet_atomic
 from prefdata.types import ExecutorKind, SourceKind
 
@@ -64,22 +73,45 @@ def resolve_recipe(recipe: Recipe | str | Path | dict, *, input: str | Path | No
         data = apply_overrides(data, overrides)
         parse_recipe(data, "<recipe with --set overrides>")  # errors name the overridden key
     if input is not None:
+        if data.get("source") is None:
+            raise RecipeError("--input replaces [source] path; this recipe reads [[sources]]")
         data["source"]["path"] = str(input)
+        data["source"]["hub"] = None
     if output is not None:
         data["output"]["dir"] = str(output)
-    if limit is not None:
-        data["source"]["limit"] = limit
+    if limit is not None:  # with [[sources]]: caps each source
+        for src in data["sources"] if data.get("sources") else [data["source"]]:
+            src["limit"] = min(limit, src["limit"] or limit)
     if executor is not None:
         data.setdefault("executor", {})["kind"] = ExecutorKind(executor).value
     return parse_recipe(data, "<recipe with overrides>")
 
 
 def read_source(recipe: Recipe) -> ReadResult:
+    if recipe.sources is not None:
+        return read_mix([src.spec() for src in recipe.sources], recipe.seed)
     src = recipe.source
+    assert src is not None
+    if src.hub is not None or src.preset is not None:  # prefdata.schemas.sources: Hub datasets, presets
+        return read_one(src.spec())
     columns = src.columns.to_map()
     if src.kind == SourceKind.PROMPTS:
         return read_prompts(src.path, columns, src.format, src.limit)
     return read_pairs(src.path, columns, src.format, src.kind, src.limit)
+
+
+def open_source(recipe: Recipe) -> ReadResult | StreamedSource:
+    """The source read whole (`read_source`), or, for a single source that asks for `streaming`, a Hub
+    source that streams, or a local input over 1 GiB, a `StreamedSource` the executor reads shard by
+    shard (`prefdata.schemas.sources.open_streamed`; read whole after all when it is one shard)."""
+    src = recipe.source
+    if src is None or src.streaming is False:
+        return read_source(recipe)
+    plain = src.hub is None and src.preset is None and not src.streaming
+    if plain and (src.path is None or local_bytes(src.path) <= LOCAL_STREAM_ABOVE_BYTES):
+        return read_source(recipe)
+    return open_streamed(src.spec(), recipe.output.shard_size)
+
 
 
 class NoUsableRowsError(InputError):
@@ -91,7 +123,7 @@ def check_usable(recipe: Recipe, source: ReadResult) -> None:
     without one usable row: an empty file must not load engines and report "built 0 pairs"."""
     if source.table.num_rows:
         return
-    path = str(recipe.source.path)
+    path = source_label(recipe)
     if not source.rejects:
         raise NoUsableRowsError(path, f"no rows to build from ({source.rows_read} rows read; the file is empty "
                                       "or holds only blank lines)")
@@ -101,6 +133,19 @@ def check_usable(recipe: Recipe, source: ReadResult) -> None:
     reasons = ", ".join(f"{reason} {n}" for reason, n in counts.most_common())
     raise NoUsableRowsError(path, f"no usable rows: all {len(source.rejects)} rows were rejected ({reasons}); "
                                   f"first: {where}: {first.reason.value}: {first.detail}")
+
+
+def source_label(recipe: Recipe) -> str:
+    """Names the input in errors: the file, the Hub repository, or the mix's sources."""
+    names = [str(src.path) if src.path is not None else f"hub:{src.hub}" for src in recipe.source_list()]
+    return names[0] if len(names) == 1 else "[[sources]] " + ", ".join(names)
+
+
+def _listed(shards, folder: OutputFolder, out_dir: Path):
+    """A streamed input's shards, each output file listed in the manifest before it is written."""
+    for index, shard in enumerate(shards):
+        folder.will_write([shard_path(out_dir, index)])
+        yield shard
 
 
 def planned_shards(out_dir: Path, rows: int, shard_size: int) -> list[Path]:
@@ -129,9 +174,13 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     started = time.perf_counter()
     recipe = resolve_recipe(recipe, input=input, output=output, limit=limit, executor=executor, overrides=overrides)
     out_dir = recipe.output_dir()
-    check_output_folder(out_dir, inputs=[recipe.source.path], overwrite=overwrite)
-    source = read_source(recipe)
-    check_usable(recipe, source)
+    inputs = [src.path for src in recipe.source_list() if src.path is not None]
+    check_output_folder(out_dir, inputs=inputs, overwrite=overwrite)
+    opened = open_source(recipe)
+    streamed = opened if isinstance(opened, StreamedSource) else None  # read shard by shard during the build
+    source = opened.result() if isinstance(opened, StreamedSource) else opened
+    if streamed is None:  # a streamed source has more than one shard of usable rows
+        check_usable(recipe, source)
     stages = [make_stage(config) for config in recipe.stages]
     try:
         check_chain(stages, source.table.column_names)
@@ -141,13 +190,18 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
     if engines and recipe.executor.kind != ExecutorKind.LOCAL:
         raise RecipeError(f"recipe {recipe.name}: engines passed in memory run only with the local executor "
                           f"(the {recipe.executor.kind.value} executor loads the recipe's engines in its workers)")
-    with OutputFolder.claim(out_dir, inputs=[recipe.source.path], overwrite=overwrite) as folder:
-        folder.will_write([*planned_shards(out_dir, source.table.num_rows, recipe.output.shard_size),
-                           out_dir / REJECTS_FILE, out_dir / STATS_FILE, out_dir / RECIPE_FILE])
-        job = BuildJob(recipe=recipe, table=source.table, stages=stages, out_dir=out_dir, use_cache=use_cache,
-                       engines=engines or {}, on_shard=on_shard, progress=progress)
+    with OutputFolder.claim(out_dir, inputs=inputs, overwrite=overwrite) as folder:
+        if streamed is None:
+            folder.will_write(planned_shards(out_dir, source.table.num_rows, recipe.output.shard_size))
+        folder.will_write([out_dir / REJECTS_FILE, out_dir / STATS_FILE, out_dir / RECIPE_FILE])
+        job = BuildJob(recipe=recipe, table=source.table if streamed is None else None, stages=stages, out_dir=out_dir,
+                       use_cache=use_cache, engines=engines or {}, on_shard=on_shard, progress=progress,
+                       shards=_listed(streamed.shards, folder, out_dir) if streamed else None,
+                       input_rows=streamed.input_rows if streamed else None)
         with capture(out_dir) if capture is not None else contextlib.nullcontext():
             outcome = make_executor(recipe.executor).run(job)
+        if streamed is not None:
+            source = streamed.result()
         result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
         folder.keep_only(result.shards)  # stale shards of an earlier, larger build in this folder
         rejects = source.rejects + result.rejects
@@ -159,7 +213,7 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
         estimates = combined_estimates(stages, result)
         if estimates:
             stats["estimates"] = estimates
-        write_bytes_atomic(json.dumps(recipe.resolved(), indent=2).encode(), out_dir / RECIPE_FILE)
+        write_bytes_atomic(json.dumps(recorded_recipe(recipe, source), indent=2).encode(), out_dir / RECIPE_FILE)
         write_bytes_atomic(json.dumps(stats, indent=2).encode(), out_dir / STATS_FILE)
     built = BuildResult(out_dir=out_dir, stats=stats)
     if recipe.push is not None:  # [push]: publish only after a complete build (prefdata/hub.py)
@@ -172,6 +226,18 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
 def build(recipe: Recipe | str | Path | dict, **kwargs: Any):
     """Run a recipe and return its pairs as a `datasets.Dataset` (see `run_build` for options)."""
     return run_build(recipe, **kwargs).dataset
+
+
+def recorded_recipe(recipe: Recipe, source: ReadResult) -> dict[str, Any]:
+    """recipe.json: the resolved recipe, a Hub source's revision replaced by the commit it read."""
+    data = recipe.resolved()
+    if isinstance(source, SourceRead):
+        infos = source.sources or [source.info]
+        tables = data["sources"] if data.get("sources") else [data["source"]]
+        for table, info in zip(tables, infos):
+            if info.get("revision"):
+                table["revision"] = info["revision"]
+    return data
 
 
 def combined_estimates(stages, result: ExecutionResult) -> dict[str, Any]:
@@ -193,11 +259,26 @@ def _stats(recipe: Recipe, source: ReadResult, result: ExecutionResult, engines:
         "schema_version": SCHEMA_VERSION,
         "recipe": recipe.name,
         "seed": recipe.seed,
-        "source": {"path": str(recipe.source.path), "kind": recipe.source.kind.value, "rows_read": source.rows_read,
-                   "rows_ok": source.table.num_rows, "drops": dict(sorted(read_drops.items()))},
+        "source": _source_stats(recipe, source, read_drops),
         "stages": [s.as_dict() for s in result.stats],
         "output": {"rows": result.rows, "shards": len(result.shards), "rejects": len(source.rejects) + len(result.rejects)},
         "engines": engines,
         "seconds": {"total": round(seconds, 3), "engine_setup": round(setup_seconds, 3)},
     }
 
+
+def _source_stats(recipe: Recipe, source: ReadResult, read_drops: dict[str, int]) -> dict[str, Any]:
+    first = recipe.source_list()[0]
+    kinds = sorted({src.kind.value for src in recipe.source_list()})
+    stats: dict[str, Any] = {"path": str(first.path) if recipe.source is not None and first.path is not None else None,
+                             "kind": kinds[0] if len(kinds) == 1 else "+".join(kinds), "rows_read": source.rows_read,
+                             "rows_ok": source.table.num_rows, "drops": dict(sorted(read_drops.items()))}
+    if isinstance(source, SourceRead) and source.rows_ok is not None:  # streamed: the table was never held
+        stats["rows_ok"] = source.rows_ok
+        stats["streamed"] = True
+    if isinstance(source, SourceRead):
+        if source.sources:
+            stats["sources"] = source.sources
+        else:
+            stats.update({k: v for k, v in source.info.items() if k not in stats})
+    return stats

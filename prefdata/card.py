@@ -179,6 +179,26 @@ def _counts_section(stats: dict[str, Any], splits: list[SplitInfo]) -> list[str]
     return out
 
 
+def _source_section(stats: dict[str, Any]) -> list[str]:
+    """Where the rows came from: the Hub dataset and the commit read, the preset, the source's license
+    and citation (`stats.json` `source`, set by `prefdata.schemas.sources`)."""
+    source = stats.get("source") or {}
+    entries = source.get("sources") or [source]
+    if not any(e.get("hub") or e.get("preset") for e in entries):
+        return []
+    rows, citations = [], []
+    for e in entries:
+        where = f"`{e['hub']}` @ `{e.get('revision')}` ({e.get('config') or 'default'}/{e.get('split')})" if e.get("hub") \
+            else f"`{e.get('path') or '?'}`"
+        rows.append([e.get("name") or "input", where, e.get("preset") or "", e.get("license") or "", e.get("selected", e.get("rows_ok", ""))])
+        if e.get("citation") and e["citation"].strip() not in citations:
+            citations.append(e["citation"].strip())
+    out = ["", "### Source data", "", _table(["source", "read from", "preset", "license", "rows"], rows)]
+    if citations:
+        out += ["", "The source data's own citation:", "", "```bibtex", "\n\n".join(citations), "```"]
+    return out
+
+
 def _estimates_section(stats: dict[str, Any]) -> list[str]:
     out: list[str] = []
     flip = (stats.get("estimates") or {}).get("flip_rate")
@@ -235,6 +255,7 @@ def config_section(config_name: str, recipe: dict[str, Any], stats: dict[str, An
         lines.append(f"Split: a prompt's pairs all go to `test` with probability {test_size} "
                      "(hash of the recipe seed and the prompt id), else to `train`.")
     lines.append("")
+    lines += _source_section(stats)
     lines += _counts_section(stats, splits)
     lines += _estimates_section(stats)
     lines += _models_section(stats)

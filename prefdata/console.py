@@ -172,9 +172,12 @@ class BuildProgressModel:
         self.current = None
         self.shards_done += 1
 
-    def on_shard(self, done: int, total: int) -> None:
-        """`run_build(on_shard=...)`: the shard count (the only report the Ray executor makes)."""
-        self.shards_done, self.shards_total = max(self.shards_done, done), total
+    def on_shard(self, done: int, total: int | None) -> None:
+        """`run_build(on_shard=...)`: the shard count (the only report the Ray executor makes;
+        a streamed input's total is unknown: None)."""
+        self.shards_done = max(self.shards_done, done)
+        if total is not None:
+            self.shards_total = total
 
     def rows(self, position: int) -> tuple[int, int | None, bool]:
         stage = self.stages[position]
@@ -221,7 +224,7 @@ class BuildConsole(BuildProgressModel):
         super().shard_done(shard, counts, resumed_stages)
         self._refresh()
 
-    def on_shard(self, done: int, total: int) -> None:
+    def on_shard(self, done: int, total: int | None) -> None:
         super().on_shard(done, total)
         self._refresh()
 

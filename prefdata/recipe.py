@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefdata.engines.config import EngineConfig, expand_vars
 from prefdata.pipeline.executor import ExecutorConfig
 from prefdata.registry import StageConfig
 from prefdata.schemas.errors import PrefdataError
+from prefdata.schemas.presets import PRESETS, get_preset
 from prefdata.schemas.readers import ColumnMap
+from prefdata.schemas.sources import SourceSpec
 from prefdata.types import SourceFormat, SourceKind
 
 
@@ -50,18 +52,78 @@ class ColumnsConfig(BaseModel):
 
 
 class SourceConfig(BaseModel):
+    """`[source]` (or one `[[sources]]` entry): a local file/folder or a Hub dataset, optionally read
+    with a preset for a known public dataset (`prefdata.schemas.presets`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: Path = Field(description="Input file or folder (JSONL, Parquet, or a datasets folder)")
+    path: Path | None = Field(None, description="Input file or folder (JSONL, Parquet, or a datasets folder)")
+    hub: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?$",
+                            description="Dataset repository on the Hugging Face Hub ('org/name'), instead of path")
+    config: str | None = Field(None, description="hub: the dataset's config (subset); default: the preset's, else the default one")
+    split: str | None = Field(None, description="hub: the split to read (default: the preset's, else 'train')")
+    revision: str | None = Field(None, description="hub: branch, tag or commit; the build records the commit it read")
+    streaming: bool | None = Field(None, description="Read the input shard by shard while the build runs instead of whole "
+                                                      "first (hub: over HTTP, without downloading the split); unset: on "
+                                                      "for local inputs over 1 GiB and Hub repositories over 2 GiB")
+    preset: str | None = Field(None, description="Known dataset layout: " + ", ".join(sorted(PRESETS))
+                               + " (sets kind and columns; [source.columns] keys override)")
     format: SourceFormat = Field(SourceFormat.AUTO, description="Reader; auto picks by suffix")
     kind: SourceKind = Field(SourceKind.PROMPTS, description="prompts, pairs, hh (HH-RLHF transcripts), or completions (best vs worst of scored completions)")
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig, description="Column mapping")
     limit: int | None = Field(None, ge=1, description="Use only the first N usable rows")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                             description="[[sources]]: the source's name (the `source_name` column, the id prefix); "
+                                         "default: the preset, else the file stem or repository name")
+    weight: float | None = Field(None, gt=0, description="[[sources]]: share of the output (weights are normalised); "
+                                                          "set on every source or none")
 
-    @field_validator("path", mode="before")
+    @field_validator("path", "hub", "revision", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Any:
         return expand_vars(value) if isinstance(value, str) else value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None:
+            get_preset(value)
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_kind(cls, data: Any) -> Any:
+        """A preset sets `kind` (unless the table does; both must agree, checked below) and the column
+        mapping under the keys the table's `columns` leaves out (so recipe.json holds the mapping used)."""
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in PRESETS:
+            preset = PRESETS[data["preset"]]
+            data = {"kind": preset.kind, **data}
+            columns = data.get("columns")
+            if columns is None or isinstance(columns, dict):
+                data["columns"] = {**preset.columns, **(columns or {})}
+        return data
+
+    @model_validator(mode="after")
+    def _one_place(self) -> SourceConfig:
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("a source needs exactly one of `path` (a local file or folder) and `hub` (a Hub dataset)")
+        if self.preset is not None and self.kind != get_preset(self.preset).kind:
+            raise ValueError(f"preset {self.preset!r} reads kind {get_preset(self.preset).kind.value!r}; "
+                             f"remove `kind = {self.kind.value!r}` or the preset")
+        return self
+
+    def source_name(self) -> str:
+        if self.name is not None:
+            return self.name
+        if self.preset is not None:
+            return self.preset
+        return self.hub.split("/")[-1] if self.hub is not None else Path(self.path).stem  # type: ignore[arg-type]
+
+    def spec(self) -> SourceSpec:
+        return SourceSpec(kind=self.kind, columns=self.columns.to_map(), path=self.path, format=self.format,
+                          hub=self.hub, config=self.config, split=self.split, revision=self.revision,
+                          streaming=self.streaming, preset=self.preset, limit=self.limit, name=self.source_name(),
+                          weight=self.weight)
 
 
 class OutputConfig(BaseModel):
@@ -103,7 +165,9 @@ class Recipe(BaseModel):
     name: str = Field("prefdata", pattern=r"^[A-Za-z0-9_.-]+$", description="Recipe name (default output folder)")
     description: str = Field("", description="What this recipe builds")
     seed: int = Field(0, description="Seed for every random choice; rows get seeds derived from it and their id")
-    source: SourceConfig
+    source: SourceConfig | None = Field(None, description="The input (or use [[sources]] for several)")
+    sources: list[SourceConfig] | None = Field(None, min_length=1, description="Several inputs mixed into one build "
+                                               "(each with a name, a limit, a weight); rows get a source_name column")
     engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"policy": EngineConfig()},
                                              description="Named engines the stages use")
     stages: list[StageConfig] = Field(default_factory=list, description="Stages, run in order on each shard")  # type: ignore[valid-type]
@@ -112,6 +176,22 @@ class Recipe(BaseModel):
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Where the stages run: local or a Ray cluster")
     overrides: list[str] = Field(default_factory=list,
                                  description="`prefdata build --set KEY=VALUE` overrides applied to the recipe file (recorded, not set by hand)")
+
+    @model_validator(mode="after")
+    def _one_source_table(self) -> Recipe:
+        if (self.source is None) == (self.sources is None):
+            raise ValueError("a recipe needs exactly one of [source] and [[sources]]")
+        if self.sources is not None:
+            names = [s.source_name() for s in self.sources]
+            if len(set(names)) != len(names):
+                raise ValueError(f"[[sources]] names must be unique (set `name`): {names}")
+            weighted = [s.weight is not None for s in self.sources]
+            if any(weighted) and not all(weighted):
+                raise ValueError("[[sources]]: set `weight` on every source or on none")
+        return self
+
+    def source_list(self) -> list[SourceConfig]:
+        return list(self.sources) if self.sources is not None else [self.source]  # type: ignore[list-item]
 
     def output_dir(self) -> Path:
         return self.output.dir or Path("out") / self.name

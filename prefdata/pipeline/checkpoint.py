@@ -90,6 +90,8 @@ class Checkpoints:
         return cls(out_dir, [stage_fingerprint(stage, seed, engine_identity, names) for stage in stages])
 
     def keys(self, shard: pa.Table) -> list[str]:
+        if not self.stage_fingerprints:  # no stage, nothing to key (and hashing a big shard's rows is not free)
+            return []
         keys, previous = [], table_fingerprint(shard)
         for stage_fp in self.stage_fingerprints:
             previous = fingerprint([stage_fp, previous])

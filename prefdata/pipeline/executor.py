@@ -12,7 +12,7 @@ build the other started.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,16 +72,35 @@ class ExecutorConfig(BaseModel):
 
 @dataclass
 class BuildJob:
-    """Everything an executor needs for one build (the source is already read and checked)."""
+    """Everything an executor needs for one build: the source's rows, either read and checked
+    (`table`) or streamed (`shards`: tables of `shard_size` rows, read while the build runs, with
+    `input_rows` an upper bound of their rows), so an input larger than memory is never held whole."""
 
     recipe: Recipe
-    table: pa.Table
+    table: pa.Table | None
     stages: list[Stage]
     out_dir: Path
     use_cache: bool
     engines: Mapping[str, Engine] = field(default_factory=dict)  # already-loaded engines (local executor only)
-    on_shard: Callable[[int, int], None] | None = None
+    on_shard: Callable[[int, int | None], None] | None = None
     progress: BuildProgress | None = None  # stage/chunk progress (local executor; Ray reports shards only)
+    shards: Iterable[pa.Table] | None = None
+    input_rows: int | None = None
+
+    def rows(self) -> int:
+        """The input's rows (for a streamed input: the upper bound, so whole-input stages check it)."""
+        return self.table.num_rows if self.table is not None else int(self.input_rows or 0)
+
+    def shard_rows(self) -> list[int]:
+        """Rows per shard, for progress (a streamed input: full shards up to `input_rows`, an upper bound)."""
+        size = self.recipe.output.shard_size
+        if self.table is not None:
+            return [shard.num_rows for shard in iter_shards(self.table, size)]
+        rows = self.rows()
+        return [min(size, rows - start) for start in range(0, rows, size)] or [0]
+
+    def input_shards(self) -> Iterable[pa.Table]:
+        return self.shards if self.shards is not None else iter_shards(self.table, self.recipe.output.shard_size)
 
 
 @dataclass
@@ -130,11 +149,10 @@ class LocalExecutor:
                                   on_chunk=job.progress.engine_chunk if job.progress is not None else None)
         for name, engine in job.engines.items():
             pool.put(name, engine)
-        ctx = BuildContext.for_input(pool, job.recipe.seed, job.table.num_rows, job.recipe.output.shard_size)
+        ctx = BuildContext.for_input(pool, job.recipe.seed, job.rows(), job.recipe.output.shard_size)
         ctx.progress = job.progress
         if job.progress is not None:  # before the engines load: an interrupt then still knows N shards
-            job.progress.begin([stage.name for stage in job.stages],
-                               [shard.num_rows for shard in iter_shards(job.table, job.recipe.output.shard_size)])
+            job.progress.begin([stage.name for stage in job.stages], job.shard_rows())
         checkpoints = None
         try:
             started = time.perf_counter()
@@ -142,7 +160,8 @@ class LocalExecutor:
                 stage.setup(ctx)
             setup_seconds = time.perf_counter() - started
             checkpoints = build_checkpoints(job, pool)  # after setup: identities of the loaded engines
-            result = run_local(job.table, job.stages, ctx, job.out_dir, job.recipe.output.shard_size,
+            result = run_local(job.table if job.shards is None else job.shards, job.stages, ctx, job.out_dir,
+                               job.recipe.output.shard_size,
                                on_shard=job.on_shard, checkpoints=checkpoints)
             engines = pool.loaded()
         finally:

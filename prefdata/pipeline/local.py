@@ -13,7 +13,7 @@ is checkpointed before any apply, so a build killed between fit and apply reuses
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,13 +44,19 @@ class ExecutionResult:
     resumed: dict[str, int] = field(default_factory=lambda: {"shards": 0, "stages": 0})
 
 
-def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_dir: Path, shard_size: int,
-              on_shard: Callable[[int, int], None] | None = None,
+def run_local(table: pa.Table | Iterable[pa.Table], stages: Sequence[Stage], ctx: BuildContext, out_dir: Path,
+              shard_size: int, on_shard: Callable[[int, int | None], None] | None = None,
               checkpoints: Checkpoints | None = None) -> ExecutionResult:
+    """`table` is the whole input, or its shards one by one (a streamed input: `on_shard`'s total is None)."""
     result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
-    shards = list(iter_shards(table, shard_size))
+    if isinstance(table, pa.Table):
+        shards: Iterable[pa.Table] = list(iter_shards(table, shard_size))
+        total: int | None = len(shards)  # type: ignore[arg-type]
+    else:
+        shards, total = table, None
     if any(is_whole_input(stage) for stage in stages):
-        return _run_with_barriers(shards, stages, ctx, out_dir, on_shard, checkpoints, result)
+        # A whole-input stage's barrier needs every shard's rows: a streamed input is gathered here.
+        return _run_with_barriers(list(shards), stages, ctx, out_dir, on_shard, checkpoints, result)
     for index, shard in enumerate(shards):
         done = run_shard(index, shard, stages, ctx, checkpoints)
         for position, stats in enumerate(done.stats):
@@ -66,7 +72,7 @@ def run_local(table: pa.Table, stages: Sequence[Stage], ctx: BuildContext, out_d
         if ctx.progress is not None:
             ctx.progress.shard_done(index, [(s.rows_in, s.rows_out) for s in done.stats], done.resumed_stages)
         if on_shard is not None:
-            on_shard(index + 1, len(shards))
+            on_shard(index + 1, total)
     return result
 
 

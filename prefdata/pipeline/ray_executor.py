@@ -53,7 +53,7 @@ from prefdata.pipeline.executor import (
     engine_pool,
 )
 from prefdata.pipeline.faults import fault_point
-from prefdata.pipeline.local import ExecutionResult, iter_shards, join_phases
+from prefdata.pipeline.local import ExecutionResult, join_phases
 from prefdata.pipeline.stage import StageStats, is_whole_input
 from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
 from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
@@ -257,7 +257,7 @@ class RayExecutor:
             checkpoints = build_checkpoints(job, identities)
         finally:
             identities.close()
-        shards = list(iter_shards(job.table, job.recipe.output.shard_size))
+        shards = list(job.input_shards())  # a streamed input is held whole here: Ray needs every shard up front
         whole = [is_whole_input(stage) for stage in stages]
         chain, fits = checkpoints.chain(shards, whole) if checkpoints is not None else ([[] for _ in shards], {})
         fit_stats: dict[int, StageStats] = {}
@@ -304,7 +304,7 @@ class RayExecutor:
                         fn_constructor_kwargs={"recipe": job.recipe.resolved(), "position": position,
                                                "out_dir": str(out_dir.resolve()), "use_cache": job.use_cache,
                                                "stage_fingerprints": fingerprints,
-                                               "input_rows": job.table.num_rows, "phase": phase, "fitted": fitted},
+                                               "input_rows": job.rows(), "phase": phase, "fitted": fitted},
                         runtime_env={"env_vars": env},
                         max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
 
@@ -320,7 +320,7 @@ class RayExecutor:
                         view = fit_view_of(dataset, stage.fit_columns)
                     except Exception as exc:
                         raise self._failure(exc, running, list(range(len(shards))), out_dir) from exc
-                    ctx = BuildContext.for_input(EnginePool(job.recipe.engines), job.recipe.seed, job.table.num_rows,
+                    ctx = BuildContext.for_input(EnginePool(job.recipe.engines), job.recipe.seed, job.rows(),
                                                  job.recipe.output.shard_size)
                     loaded = stage.run_fit(view, ctx)
                     if checkpoints is not None:

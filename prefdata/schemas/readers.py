@@ -121,7 +121,7 @@ def iter_records(path: str | Path, fmt: SourceFormat = SourceFormat.AUTO) -> Ite
         index = 0
         for file in files:
             try:
-                parquet = pq.ParquetFile(file)
+                parquet = pq.ParquetFile(file, pre_buffer=False)  # pre-buffering keeps every read range: memory grows with the file
             except (pa.ArrowInvalid, OSError) as exc:
                 raise InputError(str(file), f"not a readable Parquet file ({exc})") from exc
             for batch in parquet.iter_batches(batch_size=2048):

@@ -1,0 +1,163 @@
+"""Sources read chunk by chunk, and `[[sources]]` mixes: shares, limits, stable unique ids,
+the source_name column, dedup across sources."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prefdata.build import run_build
+from prefdata.recipe import RecipeError, parse_recipe
+from prefdata.schemas.sources import ChunkReader, mix_counts, read_mix, read_one
+
+from .preset_fixtures import write_fixture
+
+
+def pairs_file(path, n, prefix, start=0):
+    rows = [{"id": f"{i}", "prompt": f"{prefix} question {i}?", "chosen": f"good {i}", "rejected": f"bad {i}"}
+            for i in range(start, start + n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def specs(recipe: dict):
+    parsed = parse_recipe(recipe)
+    return [s.spec() for s in parsed.source_list()], parsed.seed
+
+
+def test_mix_counts_follow_weights_limited_by_the_scarcest_source():
+    assert mix_counts([100, 300], [1, 1]) == [100, 100]
+    assert mix_counts([100, 300], [1, 3]) == [100, 300]
+    assert mix_counts([100, 300], [3, 1]) == [100, 33]
+    assert mix_counts([50, 50, 1000], [0.2, 0.3, 0.5]) == [33, 50, 83]
+
+
+def test_weighted_mix_shares_source_name_and_stable_unique_ids(tmp_path):
+    a, b = pairs_file(tmp_path / "a.jsonl", 100, "A"), pairs_file(tmp_path / "b.jsonl", 300, "B")
+    recipe = {"seed": 3, "sources": [{"path": str(a), "kind": "pairs", "weight": 3},
+                                     {"path": str(b), "kind": "pairs", "name": "bee", "weight": 1}]}
+    result = read_mix(*specs(recipe))
+    names = Counter(result.table.column("source_name").to_pylist())
+    assert names == {"a": 100, "bee": 33}
+    ids = result.table.column("id").to_pylist()
+    assert len(set(ids)) == len(ids)  # both files use ids 0..99: namespaced, no collision
+    prompt_ids = result.table.column("prompt_id").to_pylist()
+    assert {p.split("/")[0] for p in prompt_ids} == {"a", "bee"} and "a/7" in prompt_ids
+    assert [s["selected"] for s in result.sources] == [100, 33] and [s["rows_ok"] for s in result.sources] == [100, 300]
+    # the same recipe again: the same rows with the same ids; another seed: another sample of b
+    again = read_mix(*specs(recipe))
+    assert again.table.column("id").to_pylist() == ids
+    other = read_mix(*specs({**recipe, "seed": 4}))
+    bee = lambda t: {p for p, n in zip(t.column("prompt_id").to_pylist(), t.column("source_name").to_pylist()) if n == "bee"}  # noqa: E731
+    assert bee(other.table) != bee(result.table) and len(bee(other.table)) == 33
+    # a row's id does not depend on the other sources of the mix
+    alone = read_mix(*specs({"sources": [{"path": str(b), "kind": "pairs", "name": "bee"}]}))
+    alone_ids = dict(zip(alone.table.column("prompt_id").to_pylist(), alone.table.column("id").to_pylist()))
+    mixed_ids = dict(zip(prompt_ids, ids))
+    assert all(alone_ids[p] == mixed_ids[p] for p in bee(result.table))
+
+
+def test_unweighted_mix_takes_everything_up_to_each_limit_and_mixes_kinds(tmp_path):
+    a = pairs_file(tmp_path / "a.jsonl", 10, "A")
+    nectar = write_fixture("nectar", tmp_path)
+    result = read_mix(*specs({"sources": [{"path": str(a), "kind": "pairs", "limit": 4},
+                                          {"path": str(nectar), "preset": "nectar"}]}))
+    assert Counter(result.table.column("source_name").to_pylist()) == {"a": 4, "nectar": 2}
+    meta = result.table.column("metadata").to_pylist()
+    assert meta[0]["n_completions"] is None and meta[-1]["n_completions"] == 2  # pairs and completions in one table
+
+
+def test_mix_recipe_errors():
+    with pytest.raises(RecipeError, match="exactly one of \\[source\\] and \\[\\[sources\\]\\]"):
+        parse_recipe({"source": {"path": "a.jsonl"}, "sources": [{"path": "b.jsonl"}]})
+    with pytest.raises(RecipeError, match="names must be unique"):
+        parse_recipe({"sources": [{"path": "x/a.jsonl"}, {"path": "y/a.jsonl"}]})
+    with pytest.raises(RecipeError, match="`weight` on every source or on none"):
+        parse_recipe({"sources": [{"path": "a.jsonl", "weight": 1}, {"path": "b.jsonl"}]})
+
+
+def test_build_with_sources_dedups_across_sources_and_reports_each(tmp_path):
+    a = pairs_file(tmp_path / "a.jsonl", 6, "Same")
+    b = pairs_file(tmp_path / "b.jsonl", 6, "Same", start=3)  # prompts 3..5 are also in a
+    out = tmp_path / "out"
+    result = run_build({"name": "mix", "sources": [{"path": str(a), "kind": "pairs"}, {"path": str(b), "kind": "pairs"}],
+                        "stages": [{"type": "dedup", "near_threshold": None}], "output": {"dir": str(out), "shard_size": 64}},
+                       limit=5)  # --limit caps each source
+    table = pa.concat_tables([pq.read_table(p) for p in sorted((out / "data").glob("*.parquet"))])
+    kept = sorted(zip(table.column("source_name").to_pylist(), table.column("prompt_id").to_pylist()))
+    # a: 0..4; b (limit 5): 3..7, of which 3 and 4 duplicate a's prompts (first occurrence kept)
+    assert kept == [("a", f"a/{i}") for i in range(5)] + [("b", f"b/{i}") for i in (5, 6, 7)]
+    stats = result.stats
+    assert [(s["name"], s["rows_ok"], s["selected"]) for s in stats["source"]["sources"]] == [("a", 5, 5), ("b", 5, 5)]
+    assert stats["stages"][0]["drops"] == {"exact_duplicate": 2}
+
+
+def test_chunk_reader_holds_at_most_chunk_rows_and_limit_stops_reading(tmp_path):
+    path = pairs_file(tmp_path / "many.jsonl", 1000, "Q")
+    spec = parse_recipe({"source": {"path": str(path), "kind": "pairs"}}).source.spec()
+    reader = ChunkReader(spec, chunk_rows=64)
+    sizes, read_so_far = [], []
+    for chunk in reader:
+        sizes.append(chunk.num_rows)
+        read_so_far.append(reader.rows_read)
+    assert max(sizes) == 64 and sum(sizes) == 1000 and len(sizes) == 16
+    # rows are validated as chunks are consumed, not all before the first one
+    assert read_so_far[0] == 64 and read_so_far == sorted(read_so_far)
+    limited = parse_recipe({"source": {"path": str(path), "kind": "pairs", "limit": 10}}).source.spec()
+    result = read_one(limited)
+    assert result.table.num_rows == 10 and result.rows_read == 10
+
+
+def read_out(out):
+    return [p.read_bytes() for p in sorted((out / "data").glob("*.parquet"))]
+
+
+def test_streamed_build_processes_shard_by_shard_with_the_same_output(tmp_path, monkeypatch):
+    import prefdata.build as build_module
+    from prefdata.schemas.sources import StreamedSource
+
+    path = pairs_file(tmp_path / "big.jsonl", 1000, "Q")
+    with path.open("a") as handle:
+        handle.write('{"id": "bad", "prompt": "p", "chosen": "same", "rejected": "same"}\n')
+    opened: list[StreamedSource] = []
+    real_open = build_module.open_source
+
+    def spy(recipe):
+        result = real_open(recipe)
+        opened.append(result)
+        return result
+
+    monkeypatch.setattr(build_module, "open_source", spy)
+    in_memory: list[tuple[int, int | None, int]] = []
+
+    def on_shard(done, total):  # rows validated so far, as each shard is written
+        in_memory.append((done, total, opened[0].reader.rows_read))
+
+    recipe = {"name": "s", "source": {"path": str(path), "kind": "pairs", "streaming": True},
+              "output": {"dir": str(tmp_path / "streamed"), "shard_size": 100}}
+    streamed = run_build(recipe, on_shard=on_shard)
+    assert isinstance(opened[0], StreamedSource)
+    assert len(in_memory) == 10 and all(total is None for _, total, _ in in_memory)
+    # at most the shard being run and the two read ahead have been read when a shard is written
+    assert all(rows <= (done + 2) * 100 for done, _, rows in in_memory), in_memory
+    assert in_memory[0][2] < 1000
+    assert streamed.stats["source"]["rows_ok"] == 1000 and streamed.stats["source"]["streamed"] is True
+    assert streamed.stats["source"]["drops"] == {"chosen_equals_rejected": 1}
+
+    whole = run_build({**recipe, "source": {**recipe["source"], "streaming": False},
+                       "output": {"dir": str(tmp_path / "whole"), "shard_size": 100}})
+    assert read_out(tmp_path / "streamed") == read_out(tmp_path / "whole")  # same shards, byte for byte
+    assert whole.stats["source"]["rows_ok"] == 1000 and "streamed" not in whole.stats["source"]
+    assert pq.read_table(tmp_path / "streamed" / "rejects.parquet").num_rows == 1
+
+
+def test_streamed_input_larger_than_a_shard_is_refused_by_whole_input_stages(tmp_path):
+    path = pairs_file(tmp_path / "big.jsonl", 300, "Q")
+    with pytest.raises(ValueError, match="300 input rows are split into shards of 100"):
+        run_build({"name": "s", "source": {"path": str(path), "kind": "pairs", "streaming": True},
+                   "stages": [{"type": "dedup", "near_threshold": None}],
+                   "output": {"dir": str(tmp_path / "out"), "shard_size": 100}})
