@@ -340,6 +340,7 @@ class EmbeddingRMStage(Stage):
         self.embedder: TextEmbedder | None = None
         self.trained: EmbeddingRewardModel | None = None  # fitted once on train_path
         self.train_pairs = 0
+        self.train_correct = np.zeros(0, bool)  # out-of-fold vote correct, per train_path pair
 
     def new_model(self, seed: int) -> EmbeddingRewardModel:
         c = self.config
@@ -360,7 +361,16 @@ class EmbeddingRMStage(Stage):
 
             train = read_pairs(self.config.train_path, kind=self.config.train_kind, limit=self.config.train_limit).table
             self.train_pairs = train.num_rows
-            self.trained = self.new_model(ctx.seed).fit(self.embed(train))
+            embedded = self.embed(train)
+            self.trained = self.new_model(ctx.seed).fit(embedded)
+            # Out-of-fold accuracy on train_path: which training pairs the vote (mean member margin > 0)
+            # gets right, never scored by a head that saw them; the noise stage's `calibrated` reads it.
+            margins = self.trained.cross_fit(embedded).margins
+            scored = ~np.isnan(margins).all(axis=1)
+            self.train_correct = np.nanmean(margins[scored], axis=1) > 0 if scored.any() else np.zeros(0, bool)
+        if self.trained is not None and ctx is not None:
+            ctx.info["judge_calibration"] = {"correct": self.train_correct.tolist(), "member_count": self.config.members,
+                                             "source": f"embedding_rm out-of-fold on {self.config.train_path}"}
 
     def identity(self) -> dict[str, Any]:
         return {**super().identity(), "embedder": self.embedder.path if self.embedder else None}
@@ -379,6 +389,12 @@ class EmbeddingRMStage(Stage):
         counters["embedding_rm_fit_pairs"] += self.train_pairs if self.trained else table.num_rows
         new = {"chosen_scores": _nan_to_none(scores.chosen), "rejected_scores": _nan_to_none(scores.rejected),
                "member_margins": _nan_to_none(scores.margins)}
+        if self.trained is not None and ctx is not None:  # where this stage's members sit in the margin lists
+            before = table.column("member_margins").to_pylist() if "member_margins" in table.column_names else []
+            widths = {len(row or []) for row in before} or {0}
+            if len(widths) == 1:
+                start = widths.pop()
+                ctx.info.setdefault("judge_calibration", {})["members"] = [start, start + self.config.members]
         for name in LIST_COLUMNS:
             previous = table.column(name).to_pylist() if name in table.column_names else [[] for _ in range(len(pairs))]
             merged = [(old or []) + own for old, own in zip(previous, new[name])]
@@ -394,4 +410,7 @@ class EmbeddingRMStage(Stage):
         estimate = {"members": model.member_names(self.config.prefix), "folds": model.folds,
                     "fit_pairs": self.train_pairs if self.trained else len(pairs),
                     "out_of_fold_accuracy": round(float(np.mean(mean_margin > 0)), 6) if len(mean_margin) else None}
+        if self.trained is not None and len(self.train_correct):
+            estimate["train_out_of_fold_accuracy"] = round(float(np.mean(self.train_correct)), 6)
+            estimate["train_scored_pairs"] = int(len(self.train_correct))
         return StageOutput(table, [], counters, estimates={"embedding_rm": estimate})
