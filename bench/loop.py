@@ -76,8 +76,6 @@ def prepare(args: argparse.Namespace, out: Path) -> dict:
     result = {}
     for name in names:
         part = table.take(pa.array(sorted(splits[name]), type=pa.int64()))
-        if name != "fit":
-            part = api.apply(part, {"type": "reference_logps"}, engines={"policy": engine}).data.table
         if name == "train":
             part = api.apply(part, {"type": "ches"}, engines={"policy": engine}).data.table
         pq.write_table(part, prep / f"{name}.parquet")
@@ -120,35 +118,124 @@ def curate(noisy: pa.Table, fit: pa.Table, clean: pa.Table, folder: Path, seed: 
     return {"noisy": estimated.table, "voted": voted.data.table, "ches": ches.data.table, "stats": stats}
 
 
-def load_policy(layers: int):
+class TrunkCache:
+    """The frozen lower decoder layers run once per distinct sequence; their output is cached.
+
+    Exact for the positions that count: with right padding and causal attention a valid position
+    never attends to the pads after it, so a row's trunk output does not depend on its batch."""
+
+    def __init__(self, decoder, trainable: int):
+        import torch
+
+        self.trunk = _view(decoder, decoder.layers[:-trainable], torch.nn.Identity())
+        self.top = _view(decoder, decoder.layers[-trainable:], decoder.norm)
+        self.rows: dict[bytes, object] = {}
+
+    def hidden(self, input_ids, attention_mask):
+        import torch
+
+        lengths = attention_mask.sum(1).tolist()
+        keys = [input_ids[i, :n].numpy().tobytes() for i, n in enumerate(lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self.rows]
+        if missing:
+            with torch.no_grad():
+                out = self.trunk(input_ids=input_ids[missing], attention_mask=attention_mask[missing],
+                                 use_cache=False).last_hidden_state
+            for j, i in enumerate(missing):
+                self.rows[keys[i]] = out[j, : lengths[i]].clone()
+        hidden = torch.zeros(*input_ids.shape, self.top.config.hidden_size)
+        for i, k in enumerate(keys):
+            hidden[i, : lengths[i]] = self.rows[k]
+        return hidden
+
+
+def _view(decoder, layers, norm):
+    """A shallow copy of the decoder with other layers and norm (modules shared, not copied)."""
+    import copy
+
     import torch
 
-    from prefdata.train.logps import load_causal_lm
+    view = copy.copy(decoder)
+    view._modules = dict(decoder._modules)
+    view.layers = torch.nn.ModuleList(list(layers))
+    view.norm = norm
+    return view
 
-    model, tokenizer, _ = load_causal_lm(None, torch.device("cpu"))
-    model.requires_grad_(False)
-    for layer in model.model.layers[-layers:]:
-        layer.requires_grad_(True)
-    model.model.norm.requires_grad_(True)
-    return model, tokenizer
+
+def cached_policy(lm, trainable: int):
+    """SmolLM2 whose decoder is (cached frozen trunk) -> trainable top layers -> norm; the LM head (tied to
+    the frozen embeddings) stays frozen. prefdata's trainer sees a causal LM with a `model` decoder and an
+    output embedding, so it runs its chunked log-prob path on it unchanged."""
+    import torch
+
+    lm.requires_grad_(False)
+    cache = TrunkCache(lm.model, trainable)
+    for module in (*cache.top.layers, cache.top.norm):
+        module.requires_grad_(True)
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.top = cache.top
+
+        def forward(self, input_ids=None, attention_mask=None, use_cache=False, **_):
+            return self.top(inputs_embeds=cache.hidden(input_ids, attention_mask), attention_mask=attention_mask,
+                            use_cache=False)
+
+    class TopLayersLM(torch.nn.Module):
+        base_model_prefix = "model"
+
+        def __init__(self):
+            super().__init__()
+            self.model = Decoder()
+            self.lm_head = lm.lm_head
+            self.config = lm.config
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    wrapper = TopLayersLM()
+    initial = {k: v.clone() for k, v in wrapper.state_dict().items() if "top.layers" in k or "top.norm" in k}
+    return wrapper, initial
+
+
+def encode(table: pa.Table, tokenizer, args: argparse.Namespace, ref: bool):
+    from prefdata.train.data import EncodeSpec, encode_pairs
+
+    return encode_pairs(table.to_pylist(), tokenizer, EncodeSpec(max_length=args.max_length, ref_columns=ref)).examples
+
+
+def scores_of(model, tokenizer, table: pa.Table, args: argparse.Namespace, ref: bool = True) -> dict:
+    from prefdata.train.eval import score_examples
+    from prefdata.train.loop import columns_reference
+
+    return score_examples(model, encode(table, tokenizer, args, ref), tokenizer.pad_token_id,
+                          columns_reference if ref else None, batch_size=8, precision="fp32")
+
+
+def with_reference(model, tokenizer, table: pa.Table, args: argparse.Namespace) -> pa.Table:
+    """The starting policy's summed response log-probs as ref_*_logps columns (what `reference_logps` adds)."""
+    from prefdata.schemas.pair import put_column
+
+    s = scores_of(model, tokenizer, table, args, ref=False)
+    table = put_column(table, "ref_chosen_logps", pa.array(s["chosen_logps"], pa.float64()))
+    return put_column(table, "ref_rejected_logps", pa.array(s["rejected_logps"], pa.float64()))
 
 
 def heldout_scores(model, tokenizer, heldout: pa.Table, args: argparse.Namespace) -> dict:
-    from prefdata.train.data import EncodeSpec, encode_pairs
-    from prefdata.train.eval import ranking_metrics, score_examples
-    from prefdata.train.loop import columns_reference
+    from prefdata.train.eval import ranking_metrics
 
-    examples = encode_pairs(heldout.to_pylist(), tokenizer, EncodeSpec(max_length=args.max_length, ref_columns=True)).examples
-    scores = score_examples(model, examples, tokenizer.pad_token_id, columns_reference, batch_size=8, precision="fp32")
+    scores = scores_of(model, tokenizer, heldout, args)
     return {"scores": scores, "metrics": ranking_metrics(scores, beta=args.beta)}
 
 
-def train_arm(name: str, table: pa.Table, folder: Path, seed: int, args: argparse.Namespace, epsilon) -> dict:
+def train_arm(name: str, table: pa.Table, folder: Path, seed: int, args: argparse.Namespace, epsilon, policy) -> dict:
     import datasets
 
     from prefdata.train import TrainConfig, train
 
-    model, tokenizer = load_policy(args.layers)
+    model, initial, tokenizer = policy
+    model.load_state_dict(initial, strict=False)  # every arm starts from the same weights
     extra = {"loss": "robust", "epsilon": epsilon} if epsilon is not None else {}
     config = TrainConfig(dataset=folder, output_dir=folder / name, reference="columns", beta=args.beta, lr=args.lr,
                          batch_size=args.batch_size, max_steps=args.steps, warmup_ratio=0.1, max_length=args.max_length,
@@ -237,14 +324,14 @@ def plot(before: dict, runs: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=96, help="train pairs")
-    parser.add_argument("--heldout", type=int, default=96, help="held-out pairs")
-    parser.add_argument("--fit", type=int, default=400, help="separate pairs the embedding RM is fitted on")
-    parser.add_argument("--max-length", type=int, default=192, help="longest prompt+response in tokens (shorter pairs only)")
+    parser.add_argument("--train", type=int, default=64, help="train pairs")
+    parser.add_argument("--heldout", type=int, default=64, help="held-out pairs")
+    parser.add_argument("--fit", type=int, default=300, help="separate pairs the embedding RM is fitted on")
+    parser.add_argument("--max-length", type=int, default=160, help="longest prompt+response in tokens (shorter pairs only)")
     parser.add_argument("--layers", type=int, default=4, help="trainable top decoder layers")
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--noise", type=float, default=0.2)
     parser.add_argument("--seeds", type=int, default=1)
@@ -255,11 +342,25 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = prepare(args, out)
+    import torch
+
+    from prefdata.train.logps import load_causal_lm, response_logps
+
+    torch.manual_seed(0)
+    lm, tokenizer, _ = load_causal_lm(None, torch.device("cpu"))
+    model, initial = cached_policy(lm, args.layers)
+    check = encode(data["heldout"].slice(0, 2), tokenizer, args, ref=False)
+    from prefdata.train.data import collate
+
+    batch = collate(check, tokenizer.pad_token_id)
+    with torch.no_grad():
+        gap = (response_logps(model, batch) - response_logps(lm, batch, chunk_size=0)).abs().max().item()
+    assert gap < 1e-3, f"cached-trunk log-probs differ from the full model's by {gap}"
+    for name in ("train", "heldout"):
+        data[name] = with_reference(model, tokenizer, data[name], args)
     args.heldout_table = data["heldout"]
-    model, tokenizer = load_policy(args.layers)
     before = heldout_scores(model, tokenizer, data["heldout"], args)
-    del model
-    log(f"before: {json.dumps(before['metrics'])}")
+    log(f"trunk cache checked (max gap {gap:.2e}); before: {json.dumps(before['metrics'])}")
     runs: dict[str, list] = {}
     curation: dict[int, dict] = {}
     for seed in range(args.seeds):
@@ -285,7 +386,7 @@ def main() -> None:
                   "d_voting": (cur["voted"], None), "e_ches": (cur["ches"], None)}
         for arm in args.arms.split(","):
             table, epsilon = tables[arm]
-            run = train_arm(arm, table, folder, seed, args, epsilon)
+            run = train_arm(arm, table, folder, seed, args, epsilon, (model, initial, tokenizer))
             run["summary"] = summarise(before, run["after"])
             runs.setdefault(arm, []).append({k: v for k, v in run.items() if k != "after"})
             log(f"seed {seed} {arm}: {run['train_seconds']:.0f} s, {json.dumps(run['summary'])}")
