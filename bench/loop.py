@@ -1,6 +1,6 @@
 """The closed loop: raw pairs -> curation -> DPO -> held-out metrics, for five arms on one budget.
 
-    python bench/loop.py [--train 96] [--heldout 96] [--fit 400] [--seeds 1] [--out out/bench_loop]
+    python bench/loop.py [--train 48] [--heldout 48] [--fit 200] [--seeds 1] [--out out/bench_loop]
 
 Data: HH-RLHF harmless pairs ($PREFDATA_TEST_DATA or ../shared/data), those whose prompt+response
 fits `--max-length` tokens, shuffled once (seed 0) and split into a fixed train split, a fixed
@@ -324,14 +324,14 @@ def plot(before: dict, runs: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=64, help="train pairs")
-    parser.add_argument("--heldout", type=int, default=64, help="held-out pairs")
-    parser.add_argument("--fit", type=int, default=300, help="separate pairs the embedding RM is fitted on")
+    parser.add_argument("--train", type=int, default=48, help="train pairs")
+    parser.add_argument("--heldout", type=int, default=48, help="held-out pairs")
+    parser.add_argument("--fit", type=int, default=200, help="separate pairs the embedding RM is fitted on")
     parser.add_argument("--max-length", type=int, default=160, help="longest prompt+response in tokens (shorter pairs only)")
     parser.add_argument("--layers", type=int, default=4, help="trainable top decoder layers")
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--noise", type=float, default=0.2)
     parser.add_argument("--seeds", type=int, default=1)
