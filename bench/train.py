@@ -45,8 +45,16 @@ def peak_rss_mib() -> float:
 
 
 def prepare(out: Path, pairs: int, max_length: int) -> tuple[Path, Path]:
-    """pairs.parquet (the pairs) and pairs_ref.parquet (+ reference_logps columns, float32 transformers)."""
+    """pairs.parquet (the pairs) and pairs_ref.parquet (+ reference_logps columns, float32 transformers);
+    an earlier run's files in `out` with at least `pairs` rows are reused (their first `pairs` rows)."""
     import pyarrow.parquet as pq
+
+    cached = [out / "all_pairs.parquet", out / "all_pairs_ref.parquet"]
+    if all(p.is_file() for p in cached) and pq.read_metadata(cached[0]).num_rows >= pairs:
+        paths = (out / "pairs.parquet", out / "pairs_ref.parquet")
+        for source, target in zip(cached, paths):
+            pq.write_table(pq.read_table(source).slice(0, pairs), target)
+        return paths
 
     from prefdata.build import run_build
     from prefdata.engines import EngineConfig, load_engine
@@ -67,6 +75,8 @@ def prepare(out: Path, pairs: int, max_length: int) -> tuple[Path, Path]:
     stage.engine = engine
     pq.write_table(stage.process(table, None).table, with_ref)
     engine.close()
+    for source, target in zip((plain, with_ref), cached):
+        target.write_bytes(source.read_bytes())
     return plain, with_ref
 
 
@@ -128,6 +138,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out", default="out/bench_train")
+    parser.add_argument("--runs", default=",".join(RUNS), help="which configurations to run, in this order")
     parser.add_argument("--child", choices=RUNS)
     parser.add_argument("--plain")
     parser.add_argument("--with-ref")
@@ -153,7 +164,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plain, with_ref = prepare(out, args.pairs, args.max_length)
-    results = {name: run_child(name, plain, with_ref, args) for name in RUNS}
+    results = {name: run_child(name, plain, with_ref, args) for name in args.runs.split(",")}
     for r in results.values():
         steps = r["step_seconds"][1:] or r["step_seconds"]
         r["median_step_seconds"] = statistics.median(steps)
@@ -164,8 +175,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for mode, ours, theirs in (("model in memory", "prefdata-model", "trl-model"),
                                ("precomputed log-probs", "prefdata-columns", "trl-precompute")):
+        if ours not in results or theirs not in results:
+            continue
         a, b = results[ours], results[theirs]
-        variants = [(n, results[n]) for n in ("prefdata-columns-full", "prefdata-columns-gc")] if ours == "prefdata-columns" else []
+        variants = [(n, results[n]) for n in ("prefdata-columns-full", "prefdata-columns-gc")
+                    if n in results and ours == "prefdata-columns"]
         for name, r in [(ours, a), *variants, (theirs, b)]:
             ratio_t = r["median_step_seconds"] / b["median_step_seconds"]
             ratio_m = r["peak_rss_mib"] / b["peak_rss_mib"]
