@@ -1,21 +1,32 @@
-"""Flip-rate estimation on injected flips: estimate vs truth and flip-detection AUROC.
+"""Flip-rate estimation on injected flips: estimate vs truth, RM fitted on separate clean pairs or cross-fitted.
 
-    python bench/noise.py [--limit 1312] [--gold 0.1]
+    python bench/noise.py [--eval 1000] [--gold 0.1] [--out out/bench_noise]
 
-Real HH-RLHF harmless pairs ($PREFDATA_DATA, default ../shared/data). A known share of pairs
-(0, 0.1, 0.2, 0.3; nested sets, seed 0) is flipped; the cross-fitted embedding-RM ensemble
-(MiniLM, 5 members x 5 folds, defaults of `embedding_rm`) is retrained on each noisy set and every
-estimator of `prefdata.filters.noise` runs on its member margins. `moments` gets a gold subset
-(a random `--gold` share of pairs whose true label is known: the original HH label). AUROC: how
-well `flip_prob` (the mixture posterior) ranks the injected flips above the rest. The original HH
-labels are themselves noisy, so estimates at injected rate 0 measure that base noise plus the
-estimator's bias.
+Real HH-RLHF harmless pairs ($PREFDATA_TEST_DATA, default ../shared/data: 1312 pairs), shuffled
+once (seed 0) and split into `--eval` evaluation pairs and the rest (312 by default), a separate
+pool of clean pairs. A known share f of the evaluation pairs' labels is flipped (0, 0.1, 0.2, 0.3;
+nested sets, seed 0), and each estimator of `prefdata.filters.noise` runs in two settings:
+
+* **separate** (the realistic case, `embedding_rm` with `train_path`): the embedding-RM ensemble
+  (MiniLM, 5 members x 5 folds, the stage's defaults) is fitted once on the clean separate pool;
+  its out-of-fold accuracy there is the held-out accuracy `calibrated` uses; the evaluation pairs
+  are scored by heads that never saw them.
+* **cross-fitted** (no `train_path`): the ensemble is cross-fitted on each noisy evaluation set
+  itself (it learns from the flipped labels); `moments` and `calibrated` get a gold subset
+  (`--gold` share of the evaluation pairs with their original label).
+
+The truth at rate f is base + f (1 - 2 base), base = the estimator's own estimate at f = 0 (the
+original HH labels carry their own noise, which a flip of a random subset mixes in); the table
+shows estimate, interval, truth and whether |estimate - truth| <= 0.08. Embeddings are cached in
+--out (embeddings.npz) so a rerun skips the encoder.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -27,47 +38,109 @@ from prefdata.schemas.readers import read_pairs
 from prefdata.scorers.embedding_rm import EmbeddingRewardModel, PairEmbeddings, TextEmbedder
 from prefdata.types import SourceKind
 
+RATES = (0.0, 0.1, 0.2, 0.3)
+GOAL = 0.08
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    ranks = pl.Series(scores).rank("average").to_numpy()
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+def embeddings(out: Path) -> tuple[PairEmbeddings, float]:
+    cache = out / "embeddings.npz"
+    table = read_pairs(DATA / "hh_rlhf_harmless_test_1312.jsonl", kind=SourceKind.HH).table
+    ids = table.column("id").to_pylist()
+    if cache.is_file():
+        z = np.load(cache, allow_pickle=False)
+        if list(z["ids"]) == ids:
+            return PairEmbeddings(ids, ids, z["prompt"], z["chosen"], z["rejected"]), 0.0
+    cols = table.to_pydict()
+    started = time.perf_counter()
+    pairs = TextEmbedder().embed_pairs(ids, ids, cols["prompt"], cols["chosen"], cols["rejected"])
+    seconds = time.perf_counter() - started
+    np.savez(cache, ids=np.array(ids), prompt=pairs.prompt, chosen=pairs.chosen, rejected=pairs.rejected)
+    return pairs, seconds
+
+
+def subset(pairs: PairEmbeddings, rows: np.ndarray, flip: np.ndarray | None = None) -> PairEmbeddings:
+    flip = np.zeros(len(rows), bool) if flip is None else flip
+    chosen, rejected = pairs.chosen[rows], pairs.rejected[rows]
+    ids = [pairs.ids[i] for i in rows]
+    return PairEmbeddings(ids, ids, pairs.prompt[rows], np.where(flip[:, None], rejected, chosen),
+                          np.where(flip[:, None], chosen, rejected))
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs, embed_s = embeddings(out)
+    n = len(pairs)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(n)
+    eval_rows, fit_rows = order[: args.eval], order[args.eval :]
+    m = len(eval_rows)
+    flip_order, gold_rows = rng.permutation(m), rng.permutation(m)[: round(args.gold * m)]
+    config = NoiseConfig(bootstrap=args.bootstrap)
+
+    # separate: fitted once on the clean pool; out-of-fold accuracy there calibrates
+    fit_pairs = subset(pairs, fit_rows)
+    separate = EmbeddingRewardModel(members=5, folds=5).fit(fit_pairs)
+    oof = separate.cross_fit(fit_pairs).margins
+    correct = np.nanmean(oof, axis=1) > 0
+    calibration = {"correct": correct.tolist(), "members": [0, 5], "source": f"out of fold on {len(fit_rows)} separate pairs"}
+
+    results = {"pairs": n, "eval_pairs": m, "fit_pairs": int(len(fit_rows)), "gold_pairs": int(len(gold_rows)),
+               "embed_seconds": round(embed_s, 1), "separate_oof_accuracy": float(correct.mean()), "rates": {}}
+    for rate in RATES:
+        flip = np.zeros(m, bool)
+        flip[flip_order[: round(rate * m)]] = True
+        noisy = subset(pairs, eval_rows, flip)
+        gold = pl.DataFrame({"key": [noisy.ids[i] for i in gold_rows], "correct": [not flip[i] for i in gold_rows]})
+        row = {}
+        margins = separate.cross_fit(noisy).margins
+        frame = pa.table({"id": noisy.ids, "prompt_id": noisy.ids, "member_margins": margins.tolist()})
+        row["separate"] = estimate_flip_rate(frame, config, None, calibration)[0]["estimators"]
+        crossed = EmbeddingRewardModel(members=5, folds=5).fit(noisy).cross_fit(noisy).margins
+        frame = pa.table({"id": noisy.ids, "prompt_id": noisy.ids, "member_margins": crossed.tolist()})
+        row["cross-fitted"] = estimate_flip_rate(frame, config, gold)[0]["estimators"]
+        row["cross_fitted_accuracy_vs_truth"] = float(np.mean((np.nanmean(crossed, 1) > 0) != flip))
+        row["separate_accuracy_vs_truth"] = float(np.mean((np.nanmean(margins, 1) > 0) != flip))
+        results["rates"][str(rate)] = row
+    return results
+
+
+def table(results: dict) -> str:
+    lines = ["| setting | estimator | " + " | ".join(f"f = {r}" for r in RATES) + " | within +-0.08 at 0.1/0.2/0.3 |",
+             "|---|---|" + "---|" * (len(RATES) + 1)]
+    for setting, names in (("separate", ("calibrated", "mixture", "sign")),
+                           ("cross-fitted", ("calibrated", "mixture", "sign"))):
+        for name in names:
+            base_est = results["rates"]["0.0"][setting][name]
+            if base_est.get("epsilon") is None:
+                continue
+            base = base_est["epsilon"]
+            cells, hits = [], []
+            for rate in RATES:
+                est = results["rates"][str(rate)][setting][name]
+                truth = base + rate * (1 - 2 * base)
+                lo, hi = est["interval"]
+                cells.append(f"{est['epsilon']:.3f} [{lo:.3f}, {hi:.3f}]" + (f" (truth {truth:.3f})" if rate else ""))
+                if rate:
+                    hits.append("yes" if abs(est["epsilon"] - truth) <= GOAL else "no")
+            label = name + (" (gold)" if setting == "cross-fitted" and name == "calibrated" else "")
+            lines.append(f"| {setting} | `{label}` | " + " | ".join(cells) + " | " + "/".join(hits) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=1312)
-    parser.add_argument("--gold", type=float, default=0.1, help="share of pairs with a known true label")
+    parser.add_argument("--eval", type=int, default=1000, help="evaluation pairs (the rest is the separate clean pool)")
+    parser.add_argument("--gold", type=float, default=0.1, help="share of evaluation pairs with a known label (cross-fitted)")
+    parser.add_argument("--bootstrap", type=int, default=500)
+    parser.add_argument("--out", default="out/bench_noise")
     args = parser.parse_args()
-    table = read_pairs(DATA / "hh_rlhf_harmless_test_1312.jsonl", kind=SourceKind.HH, limit=args.limit).table
-    cols = table.to_pydict()
-    started = time.perf_counter()
-    clean = TextEmbedder().embed_pairs(cols["id"], cols["id"], cols["prompt"], cols["chosen"], cols["rejected"])
-    embed_s = time.perf_counter() - started
-    n = len(clean)
-    rng = np.random.default_rng(0)
-    order, gold_rows = rng.permutation(n), rng.permutation(n)[: round(args.gold * n)]
-    rows = []
-    for rate in (0.0, 0.1, 0.2, 0.3):
-        flip = np.zeros(n, bool)
-        flip[order[: round(rate * n)]] = True
-        noisy = PairEmbeddings(clean.ids, clean.keys, clean.prompt, np.where(flip[:, None], clean.rejected, clean.chosen),
-                               np.where(flip[:, None], clean.chosen, clean.rejected))
-        margins = EmbeddingRewardModel(members=5, folds=5).fit(noisy).cross_fit(noisy).margins
-        frame = pa.table({"id": clean.ids, "prompt_id": clean.ids, "member_margins": margins.tolist()})
-        gold = pl.DataFrame({"key": [clean.ids[i] for i in gold_rows], "correct": [not flip[i] for i in gold_rows]})
-        estimate, flip_prob = estimate_flip_rate(frame, NoiseConfig(bootstrap=200), gold)
-        rows.append((rate, estimate["estimators"], auroc(np.array(flip_prob, dtype=float), flip) if rate else None,
-                     auroc(-margins.mean(1), flip) if rate else None))
-    print(f"{n} HH-RLHF harmless pairs, embeddings {embed_s:.0f} s; gold subset {len(gold_rows)} pairs\n")
-    print("| injected flip rate | sign [interval] | mixture [interval] | moments (gold) [interval] | AUROC flip_prob | AUROC -strength_mean |")
-    print("|---|---|---|---|---|---|")
-    for rate, est, auc, auc_mu in rows:
-        cells = [f"{est[k]['epsilon']:.3f} [{est[k]['interval'][0]:.3f}, {est[k]['interval'][1]:.3f}]"
-                 if est[k].get("epsilon") is not None else "n/a" for k in ("sign", "mixture", "moments")]
-        print(f"| {rate:.1f} | " + " | ".join(cells) + f" | {'-' if auc is None else f'{auc:.3f}'} | "
-              f"{'-' if auc_mu is None else f'{auc_mu:.3f}'} |")
+    results = run(args)
+    Path(args.out, "results.json").write_text(json.dumps(results, indent=2))
+    print(f"{results['pairs']} HH-RLHF harmless pairs: {results['eval_pairs']} evaluated, {results['fit_pairs']} separate "
+          f"clean pairs (RM out-of-fold accuracy there {results['separate_oof_accuracy']:.3f}), gold subset "
+          f"{results['gold_pairs']}; embeddings {results['embed_seconds']:.0f} s\n")
+    print(table(results))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,11 @@ sigmoid loss, beta 0.1. Two reference modes each:
 * precomputed reference log-probs, no reference model: prefdata reads the `reference_logps` stage's
   columns; TRL `precompute_ref_log_probs=True` (its pass over the data at start-up is not timed).
 
-TRL runs with `gradient_checkpointing=False` (its default is True; prefdata has none), so both do the
-same computation per step. Each configuration runs in its own process; peak memory is that
+TRL runs with `gradient_checkpointing=False` (its default is True), as prefdata's main runs, so both
+do the same computation per step. prefdata computes response log-probs in chunks of 512 positions
+(`logps_chunk`, never the full [rows, positions, vocab] logits); two variants with precomputed
+log-probs show where the memory goes: `prefdata-columns-full` (the full-logits path, `logps_chunk=0`)
+and `prefdata-columns-gc` (chunks plus gradient checkpointing of the decoder). Each configuration runs in its own process; peak memory is that
 process's peak RSS (`ru_maxrss`: imports, model, optimizer state, activations). Step time is the
 median over the epoch's steps after the first. One run on a shared, noisy 2-core machine: compare
 the ratios within a run, not numbers across runs.
@@ -33,7 +36,8 @@ from pathlib import Path
 
 from _common import DATA  # noqa: E402, I001 - puts the repository on sys.path first
 
-RUNS = ("prefdata-model", "trl-model", "prefdata-columns", "trl-precompute")
+# Fair order: each prefdata run next to its TRL counterpart; the variants last.
+RUNS = ("prefdata-model", "trl-model", "prefdata-columns", "trl-precompute", "prefdata-columns-full", "prefdata-columns-gc")
 
 
 def peak_rss_mib() -> float:
@@ -41,8 +45,16 @@ def peak_rss_mib() -> float:
 
 
 def prepare(out: Path, pairs: int, max_length: int) -> tuple[Path, Path]:
-    """pairs.parquet (the pairs) and pairs_ref.parquet (+ reference_logps columns, float32 transformers)."""
+    """pairs.parquet (the pairs) and pairs_ref.parquet (+ reference_logps columns, float32 transformers);
+    an earlier run's files in `out` with at least `pairs` rows are reused (their first `pairs` rows)."""
     import pyarrow.parquet as pq
+
+    cached = [out / "all_pairs.parquet", out / "all_pairs_ref.parquet"]
+    if all(p.is_file() for p in cached) and pq.read_metadata(cached[0]).num_rows >= pairs:
+        paths = (out / "pairs.parquet", out / "pairs_ref.parquet")
+        for source, target in zip(cached, paths):
+            pq.write_table(pq.read_table(source).slice(0, pairs), target)
+        return paths
 
     from prefdata.build import run_build
     from prefdata.engines import EngineConfig, load_engine
@@ -63,13 +75,16 @@ def prepare(out: Path, pairs: int, max_length: int) -> tuple[Path, Path]:
     stage.engine = engine
     pq.write_table(stage.process(table, None).table, with_ref)
     engine.close()
+    for source, target in zip((plain, with_ref), cached):
+        target.write_bytes(source.read_bytes())
     return plain, with_ref
 
 
-def child_prefdata(data: Path, reference: str, args: argparse.Namespace) -> dict:
+def child_prefdata(data: Path, reference: str, args: argparse.Namespace, chunk: int = 512, checkpointing: bool = False) -> dict:
     from prefdata.train import TrainConfig, train
 
     result = train(TrainConfig(dataset=data, output_dir=Path(args.out) / f"run-prefdata-{reference}", reference=reference,
+                               logps_chunk=chunk, gradient_checkpointing=checkpointing,
                                batch_size=args.batch_size, epochs=1, lr=1e-6, warmup_ratio=0.0, max_grad_norm=1.0,
                                max_length=args.max_length, precision="fp32", device="cpu", save_final=False),
                    progress=False)
@@ -123,6 +138,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out", default="out/bench_train")
+    parser.add_argument("--runs", default=",".join(RUNS), help="which configurations to run, in this order")
     parser.add_argument("--child", choices=RUNS)
     parser.add_argument("--plain")
     parser.add_argument("--with-ref")
@@ -135,6 +151,10 @@ def main() -> None:
             out = child_prefdata(plain, "model", args)
         elif args.child == "prefdata-columns":
             out = child_prefdata(with_ref, "columns", args)
+        elif args.child == "prefdata-columns-full":
+            out = child_prefdata(with_ref, "columns", args, chunk=0)
+        elif args.child == "prefdata-columns-gc":
+            out = child_prefdata(with_ref, "columns", args, checkpointing=True)
         else:
             out = child_trl(plain, args.child == "trl-precompute", args)
         out.update({"peak_rss_mib": peak_rss_mib(), "wall_seconds": time.perf_counter() - started})
@@ -144,7 +164,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plain, with_ref = prepare(out, args.pairs, args.max_length)
-    results = {name: run_child(name, plain, with_ref, args) for name in RUNS}
+    results = {name: run_child(name, plain, with_ref, args) for name in args.runs.split(",")}
     for r in results.values():
         steps = r["step_seconds"][1:] or r["step_seconds"]
         r["median_step_seconds"] = statistics.median(steps)
@@ -155,8 +175,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for mode, ours, theirs in (("model in memory", "prefdata-model", "trl-model"),
                                ("precomputed log-probs", "prefdata-columns", "trl-precompute")):
+        if ours not in results or theirs not in results:
+            continue
         a, b = results[ours], results[theirs]
-        for name, r in ((ours, a), (theirs, b)):
+        variants = [(n, results[n]) for n in ("prefdata-columns-full", "prefdata-columns-gc")
+                    if n in results and ours == "prefdata-columns"]
+        for name, r in [(ours, a), *variants, (theirs, b)]:
             ratio_t = r["median_step_seconds"] / b["median_step_seconds"]
             ratio_m = r["peak_rss_mib"] / b["peak_rss_mib"]
             print(f"| {mode} | {name} | {r['median_step_seconds']:.2f} | {r['peak_rss_mib']:.0f} | {ratio_t:.2f}x | {ratio_m:.2f}x |")

@@ -13,14 +13,30 @@ as in the voting filter, Wang et al. 2024, arXiv 2401.06080):
   mu ~ (1 - eps) N(m, s^2) + eps N(-m, s^2), fitted by EM (a flipped pair's margins are its clean
   margins negated, so the flipped component mirrors the clean one). Interval: percentile
   bootstrap over pairs. The per-pair posterior of the mirrored component is the `flip_prob` column.
+* `calibrated` (when the judge's accuracy a was measured on labelled pairs it was not fitted on:
+  the `embedding_rm` stage's out-of-fold accuracy on its `train_path`, or a gold file): the judge
+  (the vote of those members, sign of their mean margin) disagrees with the dataset's label on a
+  share d = (1 - a)(1 - eps) + a eps of pairs, so eps = (d - (1 - a)) / (2a - 1) (needs a > 1/2):
+  unbiased, but wide when a is near 1/2. Interval: percentile bootstrap over the dataset's pairs
+  (d) and, independently, over the pairs that measured a. `calibrated_estimate` is a pure function
+  of (agree, held_out_correct); the stage only finds its inputs. With a gold file its number is
+  `moments`'s.
 * `moments` (when a gold subset with known labels is given): the ensemble's vote sign(mu) is a
   judge; its accuracy a on the gold pairs and its agreement A with the dataset's labels give
   A = a(1 - eps) + (1 - a) eps, so eps = (a - A) / (2a - 1) (needs a > 1/2). Interval: bootstrap
   over gold and dataset pairs together.
 
 stats.json gets `estimates.flip_rate = {"epsilon", "interval", "method", "n", "estimators"}`:
-the primary estimate (`method`, default `moments` with gold, else `mixture`) in the trainer's
-contract (`prefdata.train.config.FlipRate`), every estimator's result under `estimators`.
+the primary estimate (`method`; default `calibrated` when a held-out accuracy is available, else
+`mixture`) in the trainer's contract (`prefdata.train.config.FlipRate`), every estimator's result
+under `estimators` (an estimator that could not run says why under `error`).
+
+**Where the accuracy comes from.** An `embedding_rm` stage fitted on `train_path` scores every
+pair of that file out of fold, and records in the build context (`ctx.info["judge_calibration"]`)
+which pairs its vote got right and which positions of `member_margins` are its members; the noise
+stage reads it there (local executor and `prefdata.api`; a Ray worker holds one stage, so there
+`calibrated` needs a gold file). Without `train_path` the heads are fitted on the labels being
+judged, so their out-of-fold accuracy is agreement with those labels, not accuracy: no calibration.
 
 **Decisions.**
 - Estimates are clipped to [0, 0.499] (the rDPO loss needs eps < 1/2) and the interval is widened
@@ -62,7 +78,8 @@ CITATION = """@inproceedings{chowdhury2024provably,
 }"""
 FLIP_PROB = "flip_prob"
 MAX_EPSILON = 0.499
-Estimator = Literal["sign", "mixture", "moments"]
+Estimator = Literal["sign", "mixture", "moments", "calibrated"]
+CALIBRATION_KEY = "judge_calibration"  # ctx.info key an accuracy-measuring scorer stage fills
 
 
 class NoiseConfig(BaseModel):
@@ -70,8 +87,9 @@ class NoiseConfig(BaseModel):
 
     type: Literal["noise"] = "noise"
     column: str = Field(MEMBER_MARGINS, description="List column of per-member margins d_m")
-    method: Literal["auto", "sign", "mixture", "moments"] = Field(
-        "auto", description="Primary estimate written as estimates.flip_rate (auto: moments with gold, else mixture)")
+    method: Literal["auto", "sign", "mixture", "moments", "calibrated"] = Field(
+        "auto", description="Primary estimate written as estimates.flip_rate (auto: calibrated when a held-out accuracy "
+                            "is available, else mixture)")
     z: float = Field(1.0, ge=0, description="sign: a pair counts as confidently flipped when mu < -z * sigma")
     bootstrap: int = Field(200, ge=10, le=10000, description="Bootstrap resamples for the intervals")
     level: float = Field(0.95, gt=0, lt=1, description="Interval coverage")
@@ -168,6 +186,41 @@ def moments_estimate(mu: np.ndarray, gold_mu: np.ndarray, correct: np.ndarray, b
     return {**info, **_bounded(eps, lo, hi)}
 
 
+def calibrated_point(agree: np.ndarray, held_out_correct: np.ndarray) -> tuple[float | None, float, float]:
+    """eps = (d - (1 - a)) / (2a - 1): d = share of pairs where the judge disagrees with the label,
+    a = the judge's accuracy on held-out labelled pairs. None when a <= 1/2."""
+    a = float(np.mean(held_out_correct))
+    d = 1.0 - float(np.mean(agree))
+    return ((d - (1 - a)) / (2 * a - 1) if a > 0.5 else None), a, d
+
+
+def calibrated_estimate(agree: np.ndarray, held_out_correct: np.ndarray, bootstrap: int = 200, level: float = 0.95,
+                        seed: int = 0, source: str = "given") -> dict[str, Any]:
+    """The `calibrated` flip rate with a percentile-bootstrap interval over both samples.
+
+    agree [n]: the judge agrees with the dataset's label on each pair; held_out_correct [m]: the judge
+    was right on each held-out pair (never fitted on). Pure: arrays in, a dict out."""
+    agree, held_out_correct = np.asarray(agree, bool), np.asarray(held_out_correct, bool)
+    info: dict[str, Any] = {"method": "calibrated", "accuracy_source": source, "held_out_pairs": int(len(held_out_correct)),
+                            "pairs": int(len(agree))}
+    if not len(agree) or not len(held_out_correct):
+        return {**info, "epsilon": None, "interval": None, "error": "no pairs to estimate from"}
+    eps, a, d = calibrated_point(agree, held_out_correct)
+    info.update({"judge_accuracy": round(a, 6), "disagreement": round(d, 6)})
+    if eps is None:
+        return {**info, "epsilon": None, "interval": None,
+                "error": f"the judge's held-out accuracy is {a:.3f}; calibrated needs it above 0.5"}
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(bootstrap):
+        value = calibrated_point(agree[rng.integers(0, len(agree), len(agree))],
+                                 held_out_correct[rng.integers(0, len(held_out_correct), len(held_out_correct))])[0]
+        if value is not None:
+            draws.append(value)
+    lo, hi = _percentiles(draws, level) if draws else (eps, eps)
+    return {**info, "raw_epsilon": round(eps, 6), **_bounded(eps, lo, hi)}
+
+
 def read_gold(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise InputError(str(path), "gold label file not found")
@@ -180,8 +233,26 @@ def read_gold(path: Path) -> pl.DataFrame:
     return frame.select(pl.col("key").cast(pl.String), "correct").unique("key", keep="first")
 
 
-def estimate_flip_rate(table: pa.Table, config: NoiseConfig, gold: pl.DataFrame | None = None) -> tuple[dict[str, Any], list[float | None]]:
-    """The dataset-level estimates and the per-row flip probability (null where strength is null)."""
+def _calibration_votes(table: pa.Table, config: NoiseConfig, calibration: dict[str, Any]) -> np.ndarray:
+    """Per row: 1 (the calibrated judge agrees with the label), 0 (disagrees) or NaN (no margin), the judge
+    being the members at `calibration["members"]` = [start, stop) of the margin lists (else the last M)."""
+    start, stop = calibration.get("members") or (None, None)
+    count = calibration.get("member_count")
+    votes = np.full(table.num_rows, np.nan)
+    for i, row in enumerate(table.column(config.column).to_pylist()):
+        values = (row or [])[start:stop] if start is not None else (row or [])[-count:] if count else []
+        finite = [v for v in values if v is not None and np.isfinite(v)]
+        if finite:
+            votes[i] = float(np.mean(finite) > 0)
+    return votes
+
+
+def estimate_flip_rate(table: pa.Table, config: NoiseConfig, gold: pl.DataFrame | None = None,
+                       calibration: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[float | None]]:
+    """The dataset-level estimates and the per-row flip probability (null where strength is null).
+
+    `calibration`: {"correct": [bool] on held-out pairs, "members": [start, stop) or "member_count": M,
+    "source": str} from the scorer stage that measured its accuracy (see the module docstring)."""
     scores = strength(table, config.column)
     keys = table.column(config.gold_key).to_pylist() if gold is not None else None
     scored = np.flatnonzero(scores[STRENGTH_MEAN].is_not_null().to_numpy())
@@ -195,12 +266,24 @@ def estimate_flip_rate(table: pa.Table, config: NoiseConfig, gold: pl.DataFrame 
         estimators["moments"] = moments_estimate(
             mu, mu[in_gold], np.array([labels[keys[scored[i]]] for i in in_gold], dtype=bool), config.bootstrap,
             config.level, config.seed)
-    method = config.method if config.method != "auto" else "moments" if gold is not None else "mixture"
-    if method not in estimators:
+    if calibration is not None:
+        votes = _calibration_votes(table, config, calibration)
+        voted = ~np.isnan(votes)
+        estimators["calibrated"] = calibrated_estimate(votes[voted].astype(bool), np.asarray(calibration["correct"], bool),
+                                                       config.bootstrap, config.level, config.seed,
+                                                       calibration.get("source", "scorer"))
+    elif gold is not None:  # the gold pairs measure the ensemble vote's accuracy: moments' number
+        estimators["calibrated"] = {**estimators["moments"], "method": "calibrated", "accuracy_source": "gold file"}
+    else:
+        estimators["calibrated"] = {"epsilon": None, "interval": None, "method": "calibrated",
+                                    "error": "no held-out accuracy: fit embedding_rm on train_path or give gold_path"}
+    available = estimators["calibrated"].get("epsilon") is not None
+    method = config.method if config.method != "auto" else "calibrated" if available else "mixture"
+    if method == "moments" and "moments" not in estimators:
         raise ValueError(f"method {method!r} needs a gold file (gold_path)")
     primary = estimators[method]
-    if primary.get("epsilon") is None:  # moments could not be computed: fall back, and say so
-        primary = {**estimators["mixture"], "method": f"mixture (moments failed: {primary['error']})"}
+    if primary.get("epsilon") is None:  # moments/calibrated could not be computed: fall back, and say so
+        primary = {**estimators["mixture"], "method": f"mixture ({method} failed: {primary['error']})"}
     flip_prob: list[float | None] = [None] * table.num_rows
     for row, p in zip(scored, posterior):
         flip_prob[int(row)] = float(p)
@@ -232,7 +315,9 @@ class NoiseFilter(WholeInputStage):
         """Every estimator once over the whole input, and the mixture's parameters for `apply`."""
         if self.config.gold_path is not None and self.gold is None:
             self.gold = read_gold(self.config.gold_path)
-        estimate, _ = estimate_flip_rate(view, self.config, self.gold)
+        # an accuracy measured on held-out data by an earlier scorer stage (embedding_rm on train_path)
+        calibration = ctx.info.get(CALIBRATION_KEY) if ctx is not None else None
+        estimate, _ = estimate_flip_rate(view, self.config, self.gold, calibration)
         if not estimate["n"]:  # no scored pair: no estimate (an epsilon of 0 from nothing would mislead)
             return {"flip_rate": None, "mixture": None}
         mu = strength(view, self.config.column)[STRENGTH_MEAN].drop_nulls().to_numpy().astype(float)

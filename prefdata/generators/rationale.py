@@ -14,8 +14,8 @@ the trainer uses, so what is generated here is what is trained on).
 Works on any pair table: a `kind = "pairs"` or `"hh"` source (e.g. HH-RLHF) or the output of a
 generator; it keeps the input's columns and rows it does not reject, and adds `rationale`,
 `rationale_order` (`chosen_first` | `rejected_first`: which response x_rat shows above) and
-`rationale_chosen_prob` (the conclusion judge's probability that the rationale favours the
-chosen response).
+`rationale_chosen_prob` (the conclusion check's probability that the rationale favours the
+chosen response: 1.0 where the text names the chosen position itself, else the judge's).
 
 Decisions:
 * **Order.** The authors always showed the chosen response above (a position leak: "above" is
@@ -32,6 +32,12 @@ Decisions:
   multi-token labels). If P(1) + P(2) < `min_conclusion_mass` the row is rejected
   (`rationale_no_verdict`); if the side with more probability is the rejected response's the
   row is rejected (`rationale_wrong_side`). `check_conclusion = false` skips the check.
+  Before the judge, `stated_preference` reads what the text itself says: a sentence that names
+  one position as the preferred one ("Response below is more preferable", "the first response is
+  better", "I prefer the response above") decides on its own -- a rationale that names the
+  rejected response is rejected (`rationale_wrong_side`) whatever the judge says, and one that
+  names the chosen response passes; the judge decides only texts that name neither side or both
+  (a small judge misreads explicit texts: it is position-biased).
 * One generate call for all rationales of a shard, one judge pass for all conclusions; seeds
   derive from (recipe seed, pair id).
 """
@@ -86,6 +92,60 @@ class RationaleConfig(BaseModel):
     check_conclusion: bool = Field(True, description="Reject rationales whose conclusion favours the rejected response")
     min_conclusion_mass: float = Field(0.05, ge=0, le=1,
                                        description="Reject (no verdict) when the judge gives answers 1 and 2 less probability than this")
+
+
+_SIDE = r"(?P<side>above|below|first|second|top|bottom|1|2)"
+_GOOD = (r"(?:(?:much|far|clearly|slightly|the)\s+)?(?:more\s+\w+|better|best|preferred|preferable|superior|stronger|safer|"
+         r"the\s+(?:right|correct|better|best)\s+(?:choice|one|answer))")
+_STATED = (
+    # "Response below is more preferable", "the response above is better", "the first response is preferred"
+    re.compile(r"\b(?:the\s+)?(?:response|answer|reply|one|option)\s+" + _SIDE + r"\s+(?:is|was|seems|would\s+be|appears)"
+               r"\s+(?:\w+\s+){0,2}?" + _GOOD, re.IGNORECASE),
+    re.compile(r"\b(?:the\s+)?" + _SIDE.replace("1|2", "") + r"\s+(?:response|answer|reply|one|option)\s+"
+               r"(?:is|was|seems|would\s+be|appears)\s+(?:\w+\s+){0,2}?" + _GOOD, re.IGNORECASE),
+    # "the better response is the one below", "the preferred response is Response 2"
+    re.compile(r"\b" + _GOOD + r"\s+(?:response|answer|reply|one|option|choice)\s+(?:is|would\s+be)\s+(?:the\s+)?"
+               r"(?:(?:response|answer|reply|one|option)\s+)?" + _SIDE + r"\b", re.IGNORECASE),
+    # "I prefer the response below", "I would choose Response above"
+    re.compile(r"\bI\s+(?:would\s+)?(?:prefer|choose|pick|select)\s+(?:the\s+)?(?:response|answer|reply|one|option)\s+"
+               + _SIDE + r"\b", re.IGNORECASE),
+)
+_POSITION = {"above": "above", "first": "above", "top": "above", "1": "above",
+             "below": "below", "second": "below", "bottom": "below", "2": "below"}
+
+
+def stated_preference(text: str) -> str | None:
+    """'above' or 'below' when the rationale names exactly one position as the preferred response, else None.
+
+    Negated statements ("is not better") are skipped; a text that names both positions is None."""
+    named = set()
+    for pattern in _STATED:
+        for match in pattern.finditer(text):
+            if re.search(r"\b(?:not|n't|never|less)\b", match.group(0), re.IGNORECASE):
+                continue
+            named.add(_POSITION[match.group("side").lower()])
+    return named.pop() if len(named) == 1 else None
+
+
+def conclusion_check(text: str, order: str, judge: tuple[float, float] | None) -> tuple[str, float | None, str]:
+    """(verdict, P(favours chosen), reject detail). Verdicts: `stated_chosen` (the text names the chosen
+    position: P = 1), `judged_chosen` (P = the judge's), `wrong_side` (the text names the rejected position, or
+    the judge leans to it), `no_verdict` (no explicit side and no judge verdict)."""
+    chosen_side = "above" if order == CHOSEN_FIRST else "below"
+    judged = None
+    if judge is not None:
+        p_above, p_below = judge
+        judged = (p_above if chosen_side == "above" else p_below) / (p_above + p_below)
+    stated = stated_preference(text)
+    if stated is not None and stated != chosen_side:
+        return "wrong_side", judged, f"the text names the response {stated} (the rejected one) as preferred"
+    if stated is not None:
+        return "stated_chosen", 1.0, ""
+    if judged is None:
+        return "no_verdict", None, "the judge gave neither answer enough probability"
+    if judged <= 0.5:
+        return "wrong_side", judged, f"P(favours chosen) = {judged:.3f}"
+    return "judged_chosen", judged, ""
 
 
 def trim_to_sentence(text: str) -> str:
@@ -154,16 +214,11 @@ class RationaleStage(Stage):
         for i in sorted(texts):
             prob = None
             if cfg.check_conclusion:
-                p = probs.get(i)
-                if p is None:
-                    rejects.append(self._reject(rows[i], RejectReason.RATIONALE_NO_VERDICT,
-                                                "the judge gave neither answer enough probability", texts[i], orders[i]))
-                    continue
-                p_above, p_below = p
-                prob = p_above / (p_above + p_below) if orders[i] == CHOSEN_FIRST else p_below / (p_above + p_below)
-                if prob <= 0.5:
-                    rejects.append(self._reject(rows[i], RejectReason.RATIONALE_WRONG_SIDE,
-                                                f"P(favours chosen) = {prob:.3f}", texts[i], orders[i]))
+                verdict, prob, detail = conclusion_check(texts[i], orders[i], probs.get(i))
+                counters[f"conclusion_{verdict}"] += 1
+                if verdict in ("wrong_side", "no_verdict"):
+                    reason = RejectReason.RATIONALE_WRONG_SIDE if verdict == "wrong_side" else RejectReason.RATIONALE_NO_VERDICT
+                    rejects.append(self._reject(rows[i], reason, detail, texts[i], orders[i]))
                     continue
             kept.append(i)
             rationales.append(texts[i])

@@ -413,16 +413,28 @@ class EmbeddingRMStage(WholeInputStage):
 
             self.setup(ctx)
             train = read_pairs(c.train_path, kind=c.train_kind, limit=c.train_limit).table
-            model, fit_pairs = self.new_model(ctx.seed).fit(self.embed(train)), train.num_rows
+            embedded = self.embed(train)
+            model, fit_pairs = self.new_model(ctx.seed).fit(embedded), train.num_rows
+            # Out-of-fold accuracy on train_path: which training pairs the vote (mean member margin > 0)
+            # gets right, never scored by a head that saw them; the noise stage's `calibrated` reads it.
+            train_margins = model.cross_fit(embedded).margins if len(embedded) and model.heads else np.zeros((0, c.members))
+            train_scored = ~np.isnan(train_margins).all(axis=1) if len(train_margins) else np.zeros(0, dtype=bool)
+            correct = (np.nanmean(train_margins[train_scored], axis=1) > 0) if train_scored.any() else np.zeros(0, bool)
+            calibration = {"correct": correct.tolist(), "member_count": c.members,
+                           "source": f"embedding_rm out-of-fold on {c.train_path}"}
         else:
             model, fit_pairs = self.new_model(ctx.seed).fit(pairs), len(pairs)
+            calibration = None
         margins = model.cross_fit(pairs).margins if len(pairs) and model.heads else np.zeros((0, c.members))
         scored = ~np.isnan(margins).all(axis=1) if len(margins) else np.zeros(0, dtype=bool)
         mean_margin = np.nanmean(margins[scored], axis=1) if scored.any() else np.zeros(0)
         estimate = {"members": model.member_names(c.prefix), "folds": model.folds, "fit_pairs": fit_pairs,
                     "out_of_fold_accuracy": round(float(np.mean(mean_margin > 0)), 6) if len(mean_margin) else None}
+        if calibration is not None and calibration["correct"]:
+            estimate["train_out_of_fold_accuracy"] = round(float(np.mean(calibration["correct"])), 6)
+            estimate["train_scored_pairs"] = len(calibration["correct"])
         dim = 2 * pairs.prompt.shape[1] if len(pairs) else 0
-        return {"estimate": estimate, "dim": dim, "heads": model.state()}
+        return {"estimate": estimate, "dim": dim, "heads": model.state(), "calibration": calibration}
 
     def fit_estimates(self, fitted: dict[str, Any]) -> dict[str, Any]:
         return {"embedding_rm": fitted["estimate"]}
@@ -446,6 +458,14 @@ class EmbeddingRMStage(WholeInputStage):
             counters[f"embedding_rm_null_{ScoreError.TOO_FEW_TRAINING_PAIRS.value}"] += missing
         new = {"chosen_scores": _nan_to_none(scores.chosen), "rejected_scores": _nan_to_none(scores.rejected),
                "member_margins": _nan_to_none(scores.margins)}
+        if fitted.get("calibration") and ctx is not None:  # for the noise stage: accuracy, and where the members sit
+            before = table.column("member_margins").to_pylist() if "member_margins" in table.column_names else []
+            widths = {len(row or []) for row in before} or {0}
+            calibration = dict(fitted["calibration"])
+            if len(widths) == 1:
+                start = widths.pop()
+                calibration["members"] = [start, start + self.config.members]
+            ctx.info["judge_calibration"] = calibration
         for name in LIST_COLUMNS:
             previous = table.column(name).to_pylist() if name in table.column_names else [[] for _ in range(len(pairs))]
             merged = [(old or []) + own for old, own in zip(previous, new[name])]

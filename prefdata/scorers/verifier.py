@@ -8,7 +8,13 @@ units after the number and trailing zeros ("1,000.00" == "1000"; "3/4" == "0.75"
 
 A response with no recognisable final answer gets null (`no_answer`), not 0: "did not answer in
 a checkable form" is a different fact from "answered wrong", and the builder reports it. Set
-`last_number_fallback` to take the last number in the text instead (looser, as many evals do).
+`last_number_fallback` to also accept a number the response's final sentence states as its
+result (looser, as many evals do) -- but never any number from anywhere: only the last number of
+the last sentence of the last non-empty line, and only when that sentence is a bare number ("18",
+"$18.", "**18 eggs**") or states a result (an answer cue: answer, total, therefore, thus, so,
+hence, altogether, in all, result, or "="), is at most 40 words long and does not repeat a word
+three times in a row (degenerate sampling). A gibberish reply that happens to contain "15%"
+gets null, not the label `correct` (a regression test holds the observed case).
 """
 
 from __future__ import annotations
@@ -32,6 +38,28 @@ _PATTERNS = (
     re.compile(r"(?m)^A:\s*(" + _NUMBER + ")"),
 )
 _ANY_NUMBER = re.compile(_NUMBER)
+_BARE = re.compile(r"^[*_\s]*(" + _NUMBER + r")\s*%?\s*(?:[A-Za-z]+\s*){0,2}[.!*_\s]*$")
+_CUE = re.compile(r"\b(?:answer|total|totals|therefore|thus|so|hence|altogether|in all|result)\b|=", re.IGNORECASE)
+_REPEAT = re.compile(r"\b(\w+)(?:\W+\1\b){2,}", re.IGNORECASE)
+MAX_FINAL_WORDS = 40
+
+
+def stated_final_number(text: str) -> str | None:
+    """The number a response's final sentence states as its result, or None (see the module docstring)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=\S)", lines[-1]) if re.search(r"\w", s)]
+    if not sentences:
+        return None
+    sentence = sentences[-1]
+    bare = _BARE.match(sentence)
+    if bare:
+        return bare.group(1)
+    if len(sentence.split()) > MAX_FINAL_WORDS or _REPEAT.search(sentence) or not _CUE.search(sentence):
+        return None
+    numbers = _ANY_NUMBER.findall(sentence)
+    return numbers[-1] if numbers else None
 CITATION = """@article{cobbe2021training,
   title={Training Verifiers to Solve Math Word Problems},
   author={Cobbe, Karl and Kosaraju, Vineet and Bavarian, Mohammad and Chen, Mark and Jun, Heewoo and Kaiser, Lukasz and Plappert, Matthias and Tworek, Jerry and Hilton, Jacob and Nakano, Reiichiro and Hesse, Christopher and Schulman, John},
@@ -59,17 +87,26 @@ def extract_answer(text: str, last_number_fallback: bool = False) -> Fraction | 
         if matches:
             return parse_number(matches[-1])
     if last_number_fallback:
-        numbers = _ANY_NUMBER.findall(text)
-        if numbers:
-            return parse_number(numbers[-1])
+        stated = stated_final_number(text)
+        if stated is not None:
+            return parse_number(stated)
     return None
+
+
+def reference_answer(text: str) -> Fraction | None:
+    """A reference solution's answer: its final-answer form, else its last number (references are trusted)."""
+    found = extract_answer(text)
+    if found is not None:
+        return found
+    numbers = _ANY_NUMBER.findall(_FRAC.sub(lambda m: f"{m.group(1)}/{m.group(2)}", text))
+    return parse_number(numbers[-1]) if numbers else None
 
 
 class VerifierConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["verifier"] = "verifier"
-    last_number_fallback: bool = Field(False, description="If no final-answer form is found, use the last number in the response")
+    last_number_fallback: bool = Field(False, description="If no final-answer form is found, use the number the final sentence states as the result")
 
 
 class MathVerifier(Scorer):
@@ -88,7 +125,7 @@ class MathVerifier(Scorer):
                 values.append(None)
                 errors.append(ScoreError.NO_REFERENCE.value)
                 continue
-            expected = extract_answer(reference, last_number_fallback=True)
+            expected = reference_answer(reference)
             if expected is None:
                 values.append(None)
                 errors.append(ScoreError.UNPARSEABLE_REFERENCE.value)

@@ -137,6 +137,8 @@ class TrainConfig(BaseModel):
     precision: Precision = Field(Precision.AUTO, description="auto (bf16 autocast on a capable GPU, else fp32), fp32, bf16")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     lora: LoraSettings | None = Field(None, description="Train LoRA adapters (peft) instead of all weights")
+    logps_chunk: int = Field(512, ge=0, description="Response positions per LM-head chunk in the log-prob pass (0 = full logits)")
+    gradient_checkpointing: bool = Field(False, description="Recompute the decoder's activations in the backward pass (less memory, ~1.3x time)")
     seed: int = Field(0, description="Seed of the shuffle and of any random init")
     log_every: int = Field(1, ge=1, description="Write a metrics line every N optimizer steps")
     save_every: int | None = Field(None, ge=1, description="Save a checkpoint every N optimizer steps (the final one always)")

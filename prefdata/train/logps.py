@@ -1,8 +1,18 @@
 """The model side of training and evaluation: load a causal LM, run one concatenated forward over a
 batch from `prefdata.train.data.collate`, and return each row's summed response log-probability.
 
-The LM head runs only from the earliest response position of the batch on (`logits_to_keep`),
-not over the shared prompt positions, where the model supports it; log-probs are taken in fp32.
+Two paths give the same numbers (tests check values and gradients to 1e-5 in fp32):
+
+* **chunked** (default, `chunk_size > 0`): the decoder returns its final hidden states h; only the
+  response positions (from the batch's earliest response position on) go through the LM head, a
+  chunk of `chunk_size` positions at a time: logits_c = h_c W^T, log p(y_t) = logits_c[y_t] -
+  logsumexp(logits_c), in fp32. `ChunkedTokenLogps` is a custom autograd function whose backward
+  recomputes each chunk's logits and forms d h_c = (onehot(y) - softmax(logits_c)) g W and
+  d W += (...)^T h_c, so neither pass ever holds the full [rows, positions, vocab] logits (TRL and
+  the plain path hold them, their log-softmax and their gradient: with a 49k vocabulary these
+  dominate a small model's activation memory). Models whose output layer is not a plain linear
+  map of the final hidden states (logit soft-capping or scaling) use the full path.
+* **full** (`chunk_size = 0`): the model's own forward with `logits_to_keep`, then log-softmax.
 """
 
 from __future__ import annotations
@@ -67,13 +77,105 @@ def load_causal_lm(name: str | None, device: torch.device, trust_remote_code: bo
     return model.to(device), load_tokenizer(path, trust_remote_code), path
 
 
+DEFAULT_CHUNK = 512  # positions per LM-head chunk: 512 x 49k vocab x 4 bytes = 100 MB of logits
+
+
+class ChunkedTokenLogps(torch.autograd.Function):
+    """log softmax(h W^T + b)[y] per position, over chunks of positions, with a chunked backward.
+
+    hidden [P, H] (any float dtype; computed in fp32), weight [V, H], bias [V] or None, targets [P]
+    -> [P] fp32 log-probs. Saves only hidden, weight, targets and the per-position logsumexp."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int) -> Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):  # fp32 log-probs, also under bf16 autocast
+            return ChunkedTokenLogps._forward(ctx, hidden, weight, bias, targets, chunk)
+
+    @staticmethod
+    def _forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int) -> Tensor:
+        w = weight.float()
+        b = bias.float() if bias is not None else None
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk].float()
+            logits = h @ w.T
+            if b is not None:
+                logits += b
+            lse[start : start + chunk] = logits.logsumexp(dim=-1)
+            out[start : start + chunk] = logits.gather(-1, targets[start : start + chunk, None]).squeeze(-1)
+        out -= lse
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return ChunkedTokenLogps._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+        w = weight.float()
+        b = bias.float() if bias is not None else None
+        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
+        grad_w = torch.zeros_like(w) if need_w else None
+        grad_b = torch.zeros_like(b) if need_b else None
+        for start in range(0, hidden.shape[0], ctx.chunk):
+            stop = start + ctx.chunk
+            h = hidden[start:stop].float()
+            logits = h @ w.T
+            if b is not None:
+                logits += b
+            g = grad_out[start:stop].float()
+            # d out / d logits = onehot(y) - softmax(logits); scaled by the incoming gradient g
+            grad_logits = (logits - lse[start:stop, None]).exp_().mul_(-g[:, None])
+            grad_logits.scatter_add_(-1, targets[start:stop, None], g[:, None])
+            if need_h:
+                grad_h[start:stop] = grad_logits @ w
+            if need_w:
+                grad_w.addmm_(grad_logits.T, h)
+            if need_b:
+                grad_b += grad_logits.sum(0)
+        return (grad_h.to(hidden.dtype) if need_h else None, grad_w.to(weight.dtype) if need_w else None,
+                grad_b.to(bias.dtype) if need_b else None, None, None)
+
+
+def chunked_token_logps(hidden: Tensor, lm_head: torch.nn.Linear, targets: Tensor, chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """Per-position log-probs of `targets` [N, T] under `lm_head` applied to `hidden` [N, T, H] -> [N, T] fp32."""
+    n, t, _ = hidden.shape
+    flat = ChunkedTokenLogps.apply(hidden.reshape(n * t, -1), lm_head.weight, lm_head.bias, targets.reshape(-1), chunk)
+    return flat.view(n, t)
+
+
+def _base(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _chunkable(model: Any) -> tuple[Any, torch.nn.Linear] | None:
+    """(decoder, lm_head) when the logits are a plain linear map of the decoder's final hidden states."""
+    base = _base(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    config = getattr(base, "config", None)
+    if type(head) is not torch.nn.Linear or decoder is None or decoder is base:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (None, 1, 1.0):
+        return None
+    return decoder, head
+
+
 def _accepts_logits_to_keep(model: Any) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None) -> Tensor:
-    """Summed (token-weighted) response log-probs of the first `rows` rows of a batch (all by default), [N]."""
+def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+    """Summed (token-weighted) response log-probs of the first `rows` rows of a batch (all by default), [N].
+
+    `chunk_size` positions per LM-head chunk (0 = the full-logits path)."""
     device = next(model.parameters()).device
     n = rows if rows is not None else batch["input_ids"].shape[0]
     input_ids = batch["input_ids"][:n].to(device)
@@ -81,12 +183,18 @@ def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None) -
     weights = batch["loss_weights"][:n].to(device)
     first = batch["first_response"]  # logits at position t predict token t+1: keep from first-1 on
     width = input_ids.shape[1]
+    targets = input_ids[:, first:]
+    parts = _chunkable(model) if chunk_size > 0 else None
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        per_token = chunked_token_logps(hidden[:, first - 1 : -1], head, targets, chunk_size)
+        return sequence_logps(per_token, weights[:, first:])
     if _accepts_logits_to_keep(model):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                        logits_to_keep=width - first + 1).logits
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, first - 1:]
     logits = logits[:, :-1].float()  # positions first-1 .. T-2 predict tokens first .. T-1
-    targets = input_ids[:, first:]
     per_token = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
     return sequence_logps(per_token, weights[:, first:])

@@ -49,7 +49,7 @@ from prefdata.train.data import (
     in_holdout,
     load_pairs,
 )
-from prefdata.train.logps import autocast, load_causal_lm, pick_device, response_logps
+from prefdata.train.logps import DEFAULT_CHUNK, autocast, load_causal_lm, pick_device, response_logps
 from prefdata.train.losses import nll_term, preference_loss, rationale_term
 from prefdata.train.schedule import lr_at, warmup_steps
 from prefdata.types import LossType, ReferenceSource
@@ -73,10 +73,11 @@ class TrainResult:
 
 def batch_loss(policy: Any, batch: dict[str, Any], reference: Reference, *, loss: LossType, beta: float,
                epsilon: float | None = None, margin_scale: float = 1.0, gamma: float = 0.0,
-               nll_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
-    """Mean loss over the batch's pairs and its metrics. One forward of the policy over all rows."""
+               nll_weight: float = 0.0, chunk_size: int = DEFAULT_CHUNK) -> tuple[Tensor, dict[str, Tensor]]:
+    """Mean loss over the batch's pairs and its metrics (detached 0-d tensors: the caller reads them
+    on the host only when it logs). One forward of the policy over all rows."""
     B = batch["n_pairs"]
-    logps = response_logps(policy, batch)  # [2B + rationale rows]
+    logps = response_logps(policy, batch, chunk_size=chunk_size)  # [2B + rationale rows]
     chosen, rejected = logps[:B], logps[B : 2 * B]
     ref_chosen, ref_rejected = reference(batch)
     ref_chosen, ref_rejected = ref_chosen.to(chosen), ref_rejected.to(chosen)
@@ -85,26 +86,33 @@ def batch_loss(policy: Any, batch: dict[str, Any], reference: Reference, *, loss
     out = preference_loss(loss, chosen, rejected, ref_chosen, ref_rejected, beta=beta, epsilon=epsilon, margin=margin,
                           chosen_lengths=lengths[:B], rejected_lengths=lengths[B : 2 * B])
     per_pair = out.losses
-    metrics: dict[str, float] = {"pref_loss": per_pair.mean().item()}
+    metrics: dict[str, Tensor] = {"pref_loss": per_pair.detach().mean()}
     if gamma > 0 and len(batch["rationale_pairs"]):
         term = torch.zeros_like(per_pair)
         term[batch["rationale_pairs"].to(term.device)] = rationale_term(logps[2 * B :], gamma=gamma)
         per_pair = per_pair + term
-        metrics["rationale_loss"] = term.mean().item()
+        metrics["rationale_loss"] = term.detach().mean()
     if nll_weight > 0:
         nll = nll_term(chosen, lengths[:B])
         per_pair = per_pair + nll_weight * nll
-        metrics["nll"] = nll.mean().item()
+        metrics["nll"] = nll.detach().mean()
     chosen_r, rejected_r = out.chosen_rewards.detach(), out.rejected_rewards.detach()
     metrics.update({
-        "rewards/chosen": chosen_r.mean().item(), "rewards/rejected": rejected_r.mean().item(),
-        "rewards/margin": (chosen_r - rejected_r).mean().item(),
-        "rewards/accuracy": (chosen_r > rejected_r).float().mean().item(),
-        "logps/chosen": chosen.detach().mean().item(), "logps/rejected": rejected.detach().mean().item(),
+        "rewards/chosen": chosen_r.mean(), "rewards/rejected": rejected_r.mean(),
+        "rewards/margin": (chosen_r - rejected_r).mean(),
+        "rewards/accuracy": (chosen_r > rejected_r).float().mean(),
+        "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean(),
     })
     loss_value = per_pair.mean()
-    metrics["loss"] = loss_value.item()
+    metrics["loss"] = loss_value.detach()
     return loss_value, metrics
+
+
+def host_metrics(step_metrics: list[dict[str, Tensor]]) -> dict[str, float]:
+    """Mean of each metric over a step's micro-batches, read to the host in one transfer."""
+    keys = list(step_metrics[0])
+    stacked = torch.stack([torch.stack([m[k].float() for k in keys]) for m in step_metrics]).mean(0)
+    return dict(zip(keys, stacked.cpu().tolist()))
 
 
 def columns_reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -112,22 +120,22 @@ def columns_reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
     return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
 
 
-def model_reference(model: Any) -> Reference:
+def model_reference(model: Any, chunk_size: int = DEFAULT_CHUNK) -> Reference:
     """Reference log-probs from a frozen model, on the fly (chosen and rejected rows only; the
     caller's autocast applies, as in TRL)."""
 
     def reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         B = batch["n_pairs"]
         with torch.no_grad():
-            logps = response_logps(model, batch, rows=2 * B)
+            logps = response_logps(model, batch, rows=2 * B, chunk_size=chunk_size)
         return logps[:B], logps[B:]
 
     return reference
 
 
-def adapter_disabled_reference(peft_model: Any) -> Reference:
+def adapter_disabled_reference(peft_model: Any, chunk_size: int = DEFAULT_CHUNK) -> Reference:
     """Reference = the base model under LoRA adapters (adapters switched off), with no second copy."""
-    inner = model_reference(peft_model)
+    inner = model_reference(peft_model, chunk_size)
 
     def reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         with peft_model.disable_adapter():
@@ -197,6 +205,10 @@ def save_model(model: Any, tokenizer: Any, folder: Path, config: TrainConfig, st
     write_bytes_atomic(json.dumps(record, indent=2).encode(), folder / "prefdata_train.json")
 
 
+def _base_model(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def wrap_lora(model: Any, settings: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -261,11 +273,13 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
         model = wrap_lora(model, config.lora)
     if ref_model is not None:
         ref_model.eval().requires_grad_(False)
-        reference = model_reference(ref_model)
+        reference = model_reference(ref_model, config.logps_chunk)
     elif reference_source == ReferenceSource.MODEL:
-        reference = adapter_disabled_reference(model)
+        reference = adapter_disabled_reference(model, config.logps_chunk)
     else:
         reference = columns_reference
+    if config.gradient_checkpointing:
+        _base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     for module in model.modules():  # DPO trains without dropout (as TRL's disable_dropout)
         if isinstance(module, torch.nn.Dropout):
@@ -277,7 +291,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
     warmup = warmup_steps(total, config.warmup_ratio)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     loss_args = {"loss": config.loss, "beta": config.beta, "epsilon": epsilon, "margin_scale": config.margin_scale,
-                 "gamma": gamma, "nll_weight": config.nll_weight}
+                 "gamma": gamma, "nll_weight": config.nll_weight, "chunk_size": config.logps_chunk}
     resolved = {**json.loads(config.model_dump_json()), "epsilon_value": epsilon, "epsilon_source": epsilon_source,
                 "reference_source": reference_source.value, "rationale_weight_value": gamma, "model_path": model_path,
                 "total_steps": total, "warmup_steps": warmup, "device": str(device),
@@ -305,7 +319,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
             lr = lr_at(step, peak=config.lr, total=total, warmup=warmup, min_ratio=config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_metrics: list[dict[str, float]] = []
+            step_metrics: list[dict[str, Tensor]] = []
             for _ in range(config.grad_accum):
                 batch = next(stream)
                 with autocast(config.precision, device):
@@ -318,14 +332,16 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-            record = {key: sum(m[key] for m in step_metrics) / len(step_metrics) for key in step_metrics[0]}
-            record.update({"step": step + 1, "lr": lr, "grad_norm": float(grad_norm), "pairs": pairs_seen,
-                           "seconds": round(time.perf_counter() - step_started, 4)})
-            if (step + 1) % config.log_every == 0 or step + 1 == total:
+            seconds = round(time.perf_counter() - step_started, 4)
+            if (step + 1) % config.log_every == 0 or step + 1 == total:  # the only host sync of a step
+                record = host_metrics(step_metrics)
+                record.update({"step": step + 1, "lr": lr, "grad_norm": float(grad_norm), "pairs": pairs_seen,
+                               "seconds": seconds})
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 result.metrics.append(record)
-            bar.update(task, advance=1, loss=record["loss"], margin=record["rewards/margin"])
+                bar.update(task, loss=record["loss"], margin=record["rewards/margin"])
+            bar.update(task, advance=1)
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
                 save_model(model, tokenizer, run_dir / f"checkpoint-{step + 1}", config, step + 1)
 

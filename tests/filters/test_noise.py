@@ -10,8 +10,10 @@ import pyarrow as pa
 import pytest
 
 from prefdata.filters.noise import (
+    CALIBRATION_KEY,
     NoiseConfig,
     NoiseFilter,
+    calibrated_estimate,
     estimate_flip_rate,
     fit_mirrored_mixture,
     moments_estimate,
@@ -72,11 +74,67 @@ def test_stage_writes_flip_prob_and_the_trainer_contract(tmp_path):
     assert flip_prob[-1] is None and all(0 <= p <= 1 for p in flip_prob[:-1])
     assert np.mean(flip_prob[160:200]) > 0.8 and np.mean(flip_prob[:160]) < 0.2
     estimate = out.estimates["flip_rate"]
-    assert estimate["method"] == "moments" and estimate["n"] == 200
-    assert set(estimate["estimators"]) == {"sign", "mixture", "moments"}
+    assert estimate["method"] == "calibrated" and estimate["n"] == 200  # the gold file gives the held-out accuracy
+    assert estimate["estimators"]["calibrated"]["accuracy_source"] == "gold file"
+    assert set(estimate["estimators"]) == {"sign", "mixture", "moments", "calibrated"}
+    assert estimate["estimators"]["calibrated"]["epsilon"] == estimate["estimators"]["moments"]["epsilon"]
     assert estimate["epsilon"] == pytest.approx(0.2, abs=0.03)
     FlipRate.model_validate(estimate)  # what `prefdata train --epsilon auto` reads
     assert out.counters["noise_pairs_unscored"] == 1
+
+
+def _simulate(rng, n, m, accuracy, eps):
+    """A judge right with probability `accuracy` against the truth; labels flipped with probability eps."""
+    held_out_correct = rng.random(m) < accuracy
+    judge_right = rng.random(n) < accuracy
+    flipped = rng.random(n) < eps
+    return judge_right ^ flipped, held_out_correct  # agrees with the (possibly flipped) label
+
+
+def test_calibrated_recovers_the_flip_rate_within_its_interval_in_90_percent_of_100_simulations():
+    covered, errors = 0, []
+    for seed in range(100):
+        rng = np.random.default_rng(seed)
+        accuracy, eps = rng.uniform(0.6, 0.8), rng.uniform(0.05, 0.35)
+        agree, held_out = _simulate(rng, 1000, 500, accuracy, eps)
+        est = calibrated_estimate(agree, held_out, bootstrap=200, seed=seed)
+        lo, hi = est["interval"]
+        covered += lo <= eps <= hi
+        errors.append(est["raw_epsilon"] - eps)
+    assert covered >= 90
+    assert abs(np.mean(errors)) < 0.02  # unbiased: the mean error over 100 runs is near 0
+
+
+def test_calibrated_interval_widens_with_a_weaker_judge_and_fails_at_chance():
+    rng = np.random.default_rng(0)
+    strong = calibrated_estimate(*_simulate(rng, 1000, 500, 0.8, 0.2), bootstrap=100)
+    weak = calibrated_estimate(*_simulate(rng, 1000, 500, 0.6, 0.2), bootstrap=100)
+    width = lambda e: e["interval"][1] - e["interval"][0]  # noqa: E731
+    assert width(weak) > 2 * width(strong)
+    chance = calibrated_estimate(np.ones(10, bool), np.array([True, False] * 5))
+    assert chance["epsilon"] is None and "above 0.5" in chance["error"]
+
+
+def test_stage_uses_the_calibration_an_embedding_rm_left_in_the_context():
+    """The judge is the calibrated members only (positions [1, 3) of the margin lists), not member 0."""
+    rng = np.random.default_rng(4)
+    agree, held_out = _simulate(rng, 600, 400, 0.7, 0.25)
+    margins = [[-5.0, 1.0 if a else -1.0, 0.5 if a else -0.5] for a in agree]  # member 0 always disagrees
+    ctx = BuildContext(engines=EnginePool({}))
+    ctx.info[CALIBRATION_KEY] = {"correct": held_out.tolist(), "members": [1, 3], "source": "test"}
+    stage = NoiseFilter(NoiseConfig(bootstrap=100))
+    stage.setup(ctx)
+    estimate = stage.process(_table(margins), ctx).estimates["flip_rate"]
+    calibrated = estimate["estimators"]["calibrated"]
+    assert estimate["method"] == "calibrated" and calibrated["accuracy_source"] == "test"
+    assert calibrated["disagreement"] == pytest.approx(1 - agree.mean())
+    direct = calibrated_estimate(agree, held_out, bootstrap=100, source="test")
+    assert calibrated == direct  # the stage only finds the inputs of the pure function
+    assert {"sign", "mixture", "calibrated"} <= set(estimate["estimators"])  # every estimator is recorded
+    FlipRate.model_validate(estimate)
+    without = NoiseFilter(NoiseConfig(bootstrap=20)).process(_table(margins), BuildContext(engines=EnginePool({})))
+    flip = without.estimates["flip_rate"]
+    assert flip["method"] == "mixture" and "no held-out accuracy" in flip["estimators"]["calibrated"]["error"]
 
 
 def test_shard_estimates_combine_weighted_by_pairs():

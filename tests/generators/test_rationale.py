@@ -11,7 +11,14 @@ import pyarrow as pa
 import pytest
 
 from prefdata.engines import ChatFormatter, Completion
-from prefdata.generators.rationale import ANSWER_PREFIX, RationaleConfig, RationaleStage, trim_to_sentence
+from prefdata.generators.rationale import (
+    ANSWER_PREFIX,
+    RationaleConfig,
+    RationaleStage,
+    conclusion_check,
+    stated_preference,
+    trim_to_sentence,
+)
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.schemas.pair import pair_schema
 from prefdata.schemas.readers import INPUT_METADATA_TYPE
@@ -90,7 +97,7 @@ def test_order_is_random_stored_and_shown_as_stored(hf_engine):
         expected = rationale_prompt(row["prompt"], row["chosen"][0]["content"], row["rejected"][0]["content"],
                                     row["rationale_order"])[0]["content"]
         assert expected in prompt  # the trainer's conditioning prompt is what the writer saw
-        assert row["rationale"].startswith("The response") and row["rationale_chosen_prob"] == pytest.approx(0.9)
+        assert row["rationale"].startswith("The response") and row["rationale_chosen_prob"] == 1.0  # names its side
     # Input columns pass through; the same seed gives the same orders, another seed others.
     assert out.table.column_names[:10] == _pairs(1).column_names
     again, _ = _run(ScriptedEngine(hf_engine.tokenizer, follow_hint=True), _pairs(40))
@@ -108,6 +115,60 @@ def test_rationale_arguing_for_the_rejected_response_is_rejected(hf_engine):
     assert all(r.payload["rationale_order"] == "rejected_first" for r in wrong)
     unchecked, _ = _run(ScriptedEngine(hf_engine.tokenizer), _pairs(30), RationaleConfig(check_conclusion=False))
     assert unchecked.table.num_rows == 30
+
+
+class NamesBelowJudgeSaysAbove(ScriptedEngine):
+    """The observed failure: the writer names "Response below" as preferred whatever the hint says, and
+    the (position-biased) conclusion judge puts 0.9 on "above"."""
+
+    def generate(self, prompts, params):
+        out = []
+        for ids in prompts:
+            text = self.tokenizer.decode(ids)
+            if "Which response does the explanation say is better?" in text:
+                top = {t: 0.0 for k in (1, 2) for t in self.label_ids[k][:-1]}
+                top[self.label_ids[1][-1]], top[self.label_ids[2][-1]] = math.log(0.9), math.log(0.1)
+                out.append([Completion("", (1,), (0.0,), "length", top_logprobs=(top,))])
+            else:
+                out.append([Completion("Response below is more preferable because it gives a clear and safe answer.",
+                                       (1,), (-1.0,), "stop")])
+        return out
+
+
+def test_rationale_naming_the_rejected_reply_is_caught_although_the_judge_passed_it(hf_engine):
+    out, stats = _run(NamesBelowJudgeSaysAbove(hf_engine.tokenizer), _pairs(30))
+    wrong = [r for r in out.rejects if r.reason.value == "rationale_wrong_side"]
+    rows = out.table.to_pylist()
+    assert wrong and rows and len(wrong) + len(rows) == 30
+    # chosen shown above: the text names the rejected response (below) -> rejected, though the judge said above
+    assert all(r.payload["rationale_order"] == "chosen_first" for r in wrong)
+    assert all("names the response below (the rejected one)" in r.detail for r in wrong)
+    # chosen shown below: the text names the chosen one -> kept, the judge's "above" overruled
+    assert all(r["rationale_order"] == "rejected_first" and r["rationale_chosen_prob"] == 1.0 for r in rows)
+    assert stats.counters["conclusion_stated_chosen"] == len(rows)
+
+
+@pytest.mark.parametrize(("text", "side"), [
+    ("Response below is more preferable because it refuses to help with a crime.", "below"),
+    ("The response above is better as it stays polite.", "above"),
+    ("The first response is clearly preferred; it is safer.", "above"),
+    ("The better response is the one below, since it declines.", "below"),
+    ("I prefer the response above because it is honest.", "above"),
+    ("The second answer is safer than the first one.", "below"),
+    ("Response above is not better: it gives harmful advice. Response below is more helpful.", "below"),
+    ("It is polite and declines the harmful request.", None),  # names no side: the judge decides
+    ("The response above is better. The response below is preferable.", None),  # names both
+])
+def test_stated_preference_reads_the_side_a_text_names(text, side):
+    assert stated_preference(text) == side
+
+
+def test_conclusion_check_lets_an_explicit_text_decide_and_the_judge_decide_the_rest():
+    assert conclusion_check("The response below is better.", "chosen_first", (0.9, 0.1))[0] == "wrong_side"
+    assert conclusion_check("The response below is better.", "rejected_first", (0.9, 0.1))[:2] == ("stated_chosen", 1.0)
+    assert conclusion_check("It is kind.", "chosen_first", (0.8, 0.2))[:2] == ("judged_chosen", pytest.approx(0.8))
+    assert conclusion_check("It is kind.", "rejected_first", (0.8, 0.2))[0] == "wrong_side"
+    assert conclusion_check("It is kind.", "chosen_first", None)[0] == "no_verdict"
 
 
 def test_trim_to_sentence():

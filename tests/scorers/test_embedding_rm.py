@@ -112,8 +112,15 @@ def test_curation_build_writes_epsilon_and_buckets(shared_data, tmp_path):
     result = run_build(recipe)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     flip, origin = read_flip_rate(tmp_path / "out")
-    assert origin.endswith("stats.json") and flip.method == "mixture"  # one estimate over both shards
-    assert stats["estimates"]["embedding_rm"]["fit_pairs"] == 48  # one training set for both shards
+    assert origin.endswith("stats.json") and flip.method == "calibrated"  # one estimate over both shards
+    rm = stats["estimates"]["embedding_rm"]
+    assert rm["fit_pairs"] == 48 and rm["train_scored_pairs"] == 48  # one training set for both shards
+    # the noise stage's `calibrated` used the RM's out-of-fold accuracy on train_path, judged by its 3 members
+    estimators = stats["estimates"]["flip_rate"]["estimators"]
+    calibrated = estimators["calibrated"]
+    assert calibrated["accuracy_source"].startswith("embedding_rm out-of-fold on")
+    assert calibrated["judge_accuracy"] == pytest.approx(rm["train_out_of_fold_accuracy"], abs=1e-6)
+    assert calibrated["held_out_pairs"] == 48 and {"sign", "mixture"} <= set(estimators)
     voting = stats["stages"][2]
     # global quantiles over the 48 pairs of both shards: floor(0.2*48) = 9, floor(0.4*48) - 9 = 10
     assert voting["counters"]["bucket_incorrect"] == 9 and voting["drops"] == {"ambiguous_preference": 10}

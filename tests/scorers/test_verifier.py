@@ -63,7 +63,9 @@ def test_priority_and_last_occurrence():
 def test_no_answer_form_is_none_not_zero():
     for text in ["I think it's about 5 apples", "", "There is no way to tell.", "answer = 3", "Q: 4"]:
         assert extract_answer(text) is None
-    assert extract_answer("I think it's about 5 apples", last_number_fallback=True) == 5
+    assert extract_answer("I think it's about 5 apples", last_number_fallback=True) is None  # states no result
+    assert extract_answer("Half of 10 is 5.\nSo she has 5 apples left.", last_number_fallback=True) == 5
+    assert extract_answer("She buys 3 more.\n**8**", last_number_fallback=True) == 8  # a bare final number
     assert extract_answer("about 1,200.50 or so", last_number_fallback=True) == Fraction(240100, 200)
     assert extract_answer("no numbers at all", last_number_fallback=True) is None
     assert extract_answer(r"\boxed{1/0}") is None  # division by zero is no answer
@@ -112,6 +114,35 @@ def test_missing_and_unparseable_references():
 def test_reference_without_final_form_uses_its_last_number():
     assert score(["The answer is 12"], ["12"]).values == [1.0]
     assert score(["The answer is 12"], ["She has 3 boxes of 4, so 12"]).values == [1.0]
+
+
+# The observed case: a degenerate sample from the 135M policy that the old fallback (the last number
+# anywhere) read as 15 and labelled `chosen` for a question whose answer is 15.
+GIBBERISH = ("Discount discount the the price 15% of shoes shoes shoes cost cost $ each each and the the store "
+             "Jenny Jenny buys buys pair pair of of shoes at at 15% off off off")
+
+
+@pytest.mark.parametrize("text", [
+    GIBBERISH,
+    "blorp 15% glarb zzkx qqq wibble",
+    "Let me think. The shop sells 15% of its stock on Monday, and",  # cut off mid-sentence, no result stated
+    "So so so so the 15",  # degenerate repetition even with a cue
+])
+def test_fallback_never_reads_a_number_inside_garbage(text):
+    assert extract_answer(text, last_number_fallback=True) is None
+    batch = ScoreBatch(prompts=[PROMPT], responses=[text], references=["#### 15"])
+    assert MathVerifier(VerifierConfig(last_number_fallback=True)).score(batch).errors == ["no_answer"]
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("She pays 20 - 5 = 15 dollars.", 15),
+    ("The shoes cost $20 and the discount is $5.\nTherefore, she pays $15 in total.", 15),
+    ("Altogether they have 15 marbles.", 15),
+    ("15", 15),
+    ("$15.", 15),
+])
+def test_fallback_reads_a_final_sentence_that_states_the_result(text, value):
+    assert extract_answer(text, last_number_fallback=True) == value
 
 
 def test_last_number_fallback_config():

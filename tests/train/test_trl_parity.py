@@ -86,9 +86,9 @@ def test_loss_matches_trl(setup, smol_tokenizer, tmp_path, loss, trl_config, our
             mine, metrics = batch_loss(model, collate(chunk, smol_tokenizer.pad_token_id), columns_reference,
                                        loss=loss, beta=BETA, **ours)
         assert mine.item() == pytest.approx(theirs.item(), rel=1e-5, abs=1e-5)
-        assert metrics["rewards/margin"] == pytest.approx(trainer._metrics["train"]["rewards/margins"][-1], abs=1e-5)
-        assert metrics["rewards/accuracy"] == pytest.approx(trainer._metrics["train"]["rewards/accuracies"][-1])
-    assert 0 < metrics["rewards/accuracy"] < 1  # the reference shifts give both signs of Delta
+        assert float(metrics["rewards/margin"]) == pytest.approx(trainer._metrics["train"]["rewards/margins"][-1], abs=1e-5)
+        assert float(metrics["rewards/accuracy"]) == pytest.approx(trainer._metrics["train"]["rewards/accuracies"][-1])
+    assert 0 < float(metrics["rewards/accuracy"]) < 1  # the reference shifts give both signs of Delta
 
 
 def test_cdpo_matches_trl_aot_on_single_pairs_and_trl_sigmoid_ignores_smoothing(setup, smol_tokenizer, tmp_path):
