@@ -22,7 +22,7 @@ import pyarrow as pa
 from prefdata.pipeline.checkpoint import Checkpoints, run_shard
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.faults import fault_point
-from prefdata.pipeline.stage import Stage, StageStats, WholeInputStage, fit_view, is_whole_input
+from prefdata.pipeline.stage import Stage, StageOutput, StageStats, WholeInputStage, fit_view, is_whole_input
 from prefdata.schemas.errors import Reject
 from prefdata.schemas.writers import read_as_built, shard_path, sort_by_id, write_parquet_atomic
 
@@ -116,6 +116,12 @@ def _resume(shard: _Shard, stages: Sequence[Stage], whole: list[bool], keys: lis
 def _run_stage(shard: _Shard, position: int, stage: Stage, ctx: BuildContext, keys: list[list[str]] | None,
                checkpoints: Checkpoints | None) -> None:
     out, stats = stage.run(shard.loaded(), ctx)
+    _commit(shard, position, stage, out, stats, keys, checkpoints)
+
+
+def _commit(shard: _Shard, position: int, stage: Stage, out: StageOutput, stats: StageStats,
+            keys: list[list[str]] | None, checkpoints: Checkpoints | None) -> None:
+    """A stage finished on a shard: checkpoint it, then move the shard past it."""
     if checkpoints is not None:
         checkpoints.save(position, stage.name, shard.index, keys[shard.index][position], out, stats)
         fault_point("stage_done")
@@ -175,13 +181,7 @@ def _barrier(shards: list[_Shard], position: int, stage: WholeInputStage, ctx: B
     for shard in pending:
         score_out, score_stats = scored.pop(shard.index)
         out, apply_stats = stage.run_apply(score_out.table, fitted, ctx)
-        stats = join_phases(score_stats, apply_stats)
-        if checkpoints is not None:
-            checkpoints.save(position, stage.name, shard.index, keys[shard.index][position], out, stats)
-            fault_point("stage_done")
-        shard.table, shard.next = out.table, position + 1
-        shard.rejects.extend(out.rejects)
-        shard.stats.append(stats)
+        _commit(shard, position, stage, out, join_phases(score_stats, apply_stats), keys, checkpoints)
 
 
 def _finish(shard: _Shard, out_dir: Path, result: ExecutionResult, on_shard: Callable[[int, int], None] | None,
