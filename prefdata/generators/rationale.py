@@ -95,13 +95,14 @@ class RationaleConfig(BaseModel):
 
 
 _SIDE = r"(?P<side>above|below|first|second|top|bottom|1|2)"
+_SIDE_WORD = r"(?P<side>above|below|first|second|top|bottom)"  # before "response": "the first response"
 _GOOD = (r"(?:(?:much|far|clearly|slightly|the)\s+)?(?:more\s+\w+|better|best|preferred|preferable|superior|stronger|safer|"
          r"the\s+(?:right|correct|better|best)\s+(?:choice|one|answer))")
 _STATED = (
     # "Response below is more preferable", "the response above is better", "the first response is preferred"
     re.compile(r"\b(?:the\s+)?(?:response|answer|reply|one|option)\s+" + _SIDE + r"\s+(?:is|was|seems|would\s+be|appears)"
                r"\s+(?:\w+\s+){0,2}?" + _GOOD, re.IGNORECASE),
-    re.compile(r"\b(?:the\s+)?" + _SIDE.replace("1|2", "") + r"\s+(?:response|answer|reply|one|option)\s+"
+    re.compile(r"\b(?:the\s+)?" + _SIDE_WORD + r"\s+(?:response|answer|reply|one|option)\s+"
                r"(?:is|was|seems|would\s+be|appears)\s+(?:\w+\s+){0,2}?" + _GOOD, re.IGNORECASE),
     # "the better response is the one below", "the preferred response is Response 2"
     re.compile(r"\b" + _GOOD + r"\s+(?:response|answer|reply|one|option|choice)\s+(?:is|would\s+be)\s+(?:the\s+)?"

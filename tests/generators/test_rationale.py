@@ -158,6 +158,8 @@ def test_rationale_naming_the_rejected_reply_is_caught_although_the_judge_passed
     ("Response above is not better: it gives harmful advice. Response below is more helpful.", "below"),
     ("It is polite and declines the harmful request.", None),  # names no side: the judge decides
     ("The response above is better. The response below is preferable.", None),  # names both
+    # "one is better" with no position (a generated rationale on vLLM once crashed the reader here)
+    ("The choice is not one-to-one, as this one is better for tone and that one is safer.", None),
 ])
 def test_stated_preference_reads_the_side_a_text_names(text, side):
     assert stated_preference(text) == side
