@@ -155,9 +155,14 @@ def test_streamed_build_processes_shard_by_shard_with_the_same_output(tmp_path, 
     assert pq.read_table(tmp_path / "streamed" / "rejects.parquet").num_rows == 1
 
 
-def test_streamed_input_larger_than_a_shard_is_refused_by_whole_input_stages(tmp_path):
+def test_streamed_input_meets_a_whole_input_stage_at_its_barrier(tmp_path):
+    """A whole-input stage (dedup) sees every streamed shard at its barrier: the same output as a whole read."""
     path = pairs_file(tmp_path / "big.jsonl", 300, "Q")
-    with pytest.raises(ValueError, match="300 input rows are split into shards of 100"):
-        run_build({"name": "s", "source": {"path": str(path), "kind": "pairs", "streaming": True},
+    outs = {}
+    for streaming in (True, False):
+        out = tmp_path / f"out-{streaming}"
+        run_build({"name": "s", "source": {"path": str(path), "kind": "pairs", "streaming": streaming},
                    "stages": [{"type": "dedup", "near_threshold": None}],
-                   "output": {"dir": str(tmp_path / "out"), "shard_size": 100}})
+                   "output": {"dir": str(out), "shard_size": 100}})
+        outs[streaming] = read_out(out)
+    assert outs[True] == outs[False] and len(outs[True]) == 3
