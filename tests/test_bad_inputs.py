@@ -150,7 +150,11 @@ def test_disk_full_is_one_line_error_and_earlier_output_survives(earlier_build):
     assert done.returncode == 2, done.stderr
     error = done.stderr.strip()
     assert "\n" not in error and "train-00000.parquet: cannot write, no space left" in error, error
-    assert _snapshot(out) == before  # the earlier (2-row) build is intact, no temporary file left
+    # the earlier (2-row) build is intact, no temporary file left; the failed attempt is in the build log
+    after = _snapshot(out)
+    assert after.pop(".prefdata/build.log", b"").count(b"=== prefdata build") == 1 + before.get(
+        ".prefdata/build.log", b"").count(b"=== prefdata build")
+    assert after == {k: v for k, v in before.items() if k != ".prefdata/build.log"}
     assert not [p for p in out.rglob(f"*{TEMP_MARKER}*")]
     assert json.loads((out / "stats.json").read_text())["output"]["rows"] == 2
 
