@@ -357,6 +357,12 @@ class OpenAIEngine(Engine):
                 "tokenizer": self.config.tokenizer,
                 "capabilities": dict(sorted(self.capabilities.items()))}
 
+    def describe(self, identity: Any = None) -> dict[str, Any]:
+        """stats.json and the card: the base summary plus what the server reported and can do
+        (probed once at start); never the URLs or the key."""
+        return {**super().describe(identity), "served_root": self.served.get("root"),
+                "capabilities": dict(sorted(self.capabilities.items()))}
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for client in self._clients:
