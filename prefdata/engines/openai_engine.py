@@ -269,12 +269,7 @@ class OpenAIEngine(Engine):
             extra["top_k"] = p.top_k
         if not self.capabilities["token_id_prompts"]:
             return self._chat_one(prompt, p, extra)
-        kwargs: dict[str, Any] = {"model": self.model_id, "prompt": prompt, "max_tokens": p.max_tokens,
-                                  "temperature": p.temperature, "top_p": p.top_p}
-        if p.seed is not None:
-            kwargs["seed"] = p.seed
-        if p.stop:
-            kwargs["stop"] = list(p.stop)
+        kwargs = self._sampling_kwargs(p, prompt=prompt)
         if self.capabilities["logprobs"]:
             kwargs["logprobs"] = max(p.top_logprobs, 0)  # 0: the sampled token's log-prob only
             if self.capabilities["token_ids_out"]:
@@ -297,6 +292,16 @@ class OpenAIEngine(Engine):
                                      key=lambda kv: -kv[1])[:p.top_logprobs]) for step in lp.top_logprobs)
         return Completion(text=choice.text, token_ids=ids, logprobs=logprobs, finish_reason=finish, top_logprobs=tops)
 
+    def _sampling_kwargs(self, p: SamplingParams, **request: Any) -> dict[str, Any]:
+        """The OpenAI request fields for `p`, shared by the completions and chat endpoints."""
+        kwargs: dict[str, Any] = {"model": self.model_id, **request, "max_tokens": p.max_tokens,
+                                  "temperature": p.temperature, "top_p": p.top_p}
+        if p.seed is not None:
+            kwargs["seed"] = p.seed
+        if p.stop:
+            kwargs["stop"] = list(p.stop)
+        return kwargs
+
     def _chat_one(self, prompt: list[int], p: SamplingParams, extra: dict[str, Any]) -> Completion:
         messages, prefix = self.tokenizer.messages(prompt)
         if prefix:
@@ -304,12 +309,7 @@ class OpenAIEngine(Engine):
                                         f"pre-filled answer ({prefix!r})")
         if p.top_logprobs:
             raise EngineCapabilityError(f"served model {self.model_id} returns no token log-probs; use a judge in text mode")
-        kwargs: dict[str, Any] = {"model": self.model_id, "messages": messages, "max_tokens": p.max_tokens,
-                                  "temperature": p.temperature, "top_p": p.top_p}
-        if p.seed is not None:
-            kwargs["seed"] = p.seed
-        if p.stop:
-            kwargs["stop"] = list(p.stop)
+        kwargs = self._sampling_kwargs(p, messages=messages)
         out = self._call(lambda c: c.chat.completions.create(**kwargs, extra_body=extra))
         choice = out.choices[0]
         text = choice.message.content or ""
