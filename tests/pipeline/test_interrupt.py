@@ -72,6 +72,9 @@ LINE = re.compile(r"interrupted after (\d+) of (\d+) shards; rerun the same comm
 def start(recipe: Path, out: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PREFDATA_KILL_AT", None)
+    # importing TRL sets VLLM_LOGGING_LEVEL=ERROR in os.environ (trl/_compat.py); a test earlier in
+    # this pytest process may have done so, and the build must log at vLLM's own default here
+    env.pop("VLLM_LOGGING_LEVEL", None)
     handle = log.open("w")
     return subprocess.Popen([sys.executable, "-m", "prefdata", "build", str(recipe), "-o", str(out)],
                             cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
