@@ -36,8 +36,8 @@ Decisions:
   groups go (the greedy first-occurrence rule above, over the global order); `apply` drops their
   rows in each shard. `per_shard = true` dedups within each shard only.
 * Near duplicates at scale: above `exact_scan_max` vectors the candidates come from an IVF index
-  (faiss-cpu `IndexIVFFlat`, inner product on the unit vectors, about 4 sqrt(n) lists, `ann_probes`
-  searched; `bench/dedup_ann.py` compared it with faiss's and usearch's HNSW),
+  (faiss-cpu `IndexIVFScalarQuantizer`, 8-bit, inner product on the unit vectors, about 4 sqrt(n)
+  lists, `ann_probes` searched; `bench/dedup_ann.py` compared it with faiss's and usearch's HNSW),
   `ann_neighbours` per vector, and every candidate's cosine is recomputed exactly before the
   greedy rule uses it. A vector whose neighbours are all above the threshold (the list may be cut
   short) is checked against every earlier kept vector, so only a neighbour the index misses
@@ -271,10 +271,7 @@ class DedupStage(WholeInputStage):
         if c.near_threshold is not None:
             alive = heads.filter(~pl.col("row").is_in(list(verdicts)))["row"].to_numpy()
             if len(alive):
-                column = view.column(self.vector_column).take(pa.array(alive)).combine_chunks()
-                vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(alive), -1)
-                vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-                del column
+                vectors = _rows_of(view.column(self.vector_column), alive)
                 if len(alive) > c.exact_scan_max:
                     found = near_duplicates_ann(vectors, c.near_threshold, c.ann_neighbours, c.ann_probes)
                 else:
@@ -308,6 +305,19 @@ class DedupStage(WholeInputStage):
         keep = np.ones(table.num_rows, dtype=bool)
         keep[drop_rows] = False
         return StageOutput(table.filter(pa.array(keep)), rejects)
+
+
+def _rows_of(column: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
+    """float32 [len(rows), dim] of a fixed-size list column: one copy, read chunk by chunk."""
+    parts, offset = [], 0
+    for chunk in column.chunks:
+        local = rows[(rows >= offset) & (rows < offset + len(chunk))] - offset
+        if len(local):
+            flat = chunk.values.slice(chunk.offset * chunk.type.list_size, len(chunk) * chunk.type.list_size)
+            values = flat.to_numpy(zero_copy_only=False).reshape(len(chunk), -1)
+            parts.append(values[local].astype(np.float32, copy=False))
+        offset += len(chunk)
+    return np.ascontiguousarray(np.concatenate(parts)) if len(parts) > 1 else parts[0]
 
 
 def load_embedder(name: str) -> Any:
@@ -349,14 +359,17 @@ def near_duplicates(vectors: np.ndarray, threshold: float, block: int = 1024) ->
 
 def knn(vectors: np.ndarray, k: int, probes: int = 16, batch: int = 65536) -> np.ndarray:
     """Neighbours [n, k] (int32; -1 where fewer than k were found) of every vector from an IVF index
-    (faiss-cpu `IndexIVFFlat`, inner product on unit vectors): about 4 sqrt(n) lists trained by
+    (faiss-cpu `IndexIVFScalarQuantizer`, 8-bit, inner product on unit vectors): about 4 sqrt(n) lists trained by
     10 rounds of k-means on a seeded sample of 40 vectors per list, `probes` lists searched per vector. The index's own scores are
     dropped: callers verify every candidate exactly."""
     import faiss
 
     n, dim = vectors.shape
     lists = max(1, min(n // 39, int(4 * np.sqrt(n))))  # faiss wants >= 39 training points per list
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    # 8-bit scalar-quantised lists: a quarter of the memory and ~1.7x faster search than flat float
+    # lists at 1M x 64-d (bench/dedup_ann.py), and the approximate scores only pick candidates
+    index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, lists, faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = 10  # coarse lists only route the search; 25 k-means rounds bought no recall here
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 40 * lists), replace=False))
     index.train(vectors[sample])
