@@ -1,10 +1,13 @@
 """Generation throughput: prefdata's engines next to bare vLLM and bare transformers, same prompts.
 
-    python bench/generate.py [--prompts 32] [--n 4] [--max-tokens 128] [--skip-transformers]
+    python bench/generate.py [--prompts 96] [--n 4] [--max-tokens 128] [--skip-transformers]
 
 Prints tokens/s of generated tokens for each path, and the ratios to bare vLLM, from one run
 (this machine is noisy: compare ratios within a run, not numbers across runs). The two vLLM
-paths run interleaved (prefdata, bare, bare, prefdata), each from an empty prefix cache. All paths use
+paths run interleaved and then in reverse order, each from an empty prefix cache: prefdata's engine
+called directly; the same engine as a build calls it (fixed chunks of `--chunk` prompts, for
+byte-identical resume); bare `LLM.generate` with exactly the requests prefdata sends (n samples as
+n requests with derived seeds); bare `LLM.generate` with n samples per request and no seed. All paths use
 the embedded SmolLM2-135M-Instruct in bf16 and the same chat-templated prompts.
 """
 
@@ -18,9 +21,10 @@ from _common import DATA, timed  # noqa: E402, I001 - puts the repository on sys
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=96, help="OASST prompts (96: two engine chunks in a build)")
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=64, help="prompts per engine call in a build (CachedEngine's chunk)")
     parser.add_argument("--skip-transformers", action="store_true")
     args = parser.parse_args()
 
@@ -45,20 +49,42 @@ def main() -> None:
     bare = engine._llm  # the same loaded LLM, called directly: what the wrapper costs
     vparams = VSamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=None)
 
+    from prefdata.engines.cache import CachedEngine
+
+    seeded = [engine._vllm_params(sample) for p in params for sample in p.per_sample()]  # what prefdata sends
+    seeded_prompts = [{"prompt_token_ids": list(ids[i])} for i, p in enumerate(params) for _ in p.per_sample()]
+    chunked = CachedEngine(engine, None, identity=None, chunk=args.chunk)  # a build's path: fixed chunks, no store
+
+    def count(out: list) -> int:
+        return sum(len(c.token_ids) for o in out for c in o)
+
     def run_prefdata() -> tuple[int, float]:
         out, seconds = timed(lambda: engine.generate(ids, params))
-        return sum(len(c.token_ids) for o in out for c in o), seconds
+        return count(out), seconds
+
+    def run_chunked() -> tuple[int, float]:
+        out, seconds = timed(lambda: chunked.generate(ids, params))
+        return count(out), seconds
 
     def run_bare() -> tuple[int, float]:
         bare.reset_prefix_cache()  # as prefdata's engine does before each call: no warm prefixes
         vout, seconds = timed(lambda: bare.generate([{"prompt_token_ids": p} for p in ids], vparams, use_tqdm=False))
         return sum(len(c.token_ids) for o in vout for c in o.outputs), seconds
 
-    # Interleaved (prefdata, bare, bare, prefdata): neither path always runs first on a warm machine.
-    totals = {"prefdata vLLM engine.generate": [0, 0.0], "bare vLLM LLM.generate": [0, 0.0]}
-    for name, run in (("prefdata vLLM engine.generate", run_prefdata), ("bare vLLM LLM.generate", run_bare),
-                      ("bare vLLM LLM.generate", run_bare), ("prefdata vLLM engine.generate", run_prefdata)):
-        tokens, seconds = run()
+    def run_bare_seeded() -> tuple[int, float]:
+        bare.reset_prefix_cache()
+        vout, seconds = timed(lambda: bare.generate(seeded_prompts, seeded, use_tqdm=False))
+        return sum(len(c.token_ids) for o in vout for c in o.outputs), seconds
+
+    # Interleaved, then the same in reverse: no path always runs first (or last) on a warm machine.
+    paths = {"prefdata vLLM engine.generate": run_prefdata,
+             f"prefdata engine in a build (chunks of {args.chunk} prompts)": run_chunked,
+             "bare vLLM LLM.generate, the same seeded requests": run_bare_seeded,
+             "bare vLLM LLM.generate": run_bare}
+    order = list(paths) + list(reversed(paths))
+    totals = {name: [0, 0.0] for name in paths}
+    for name in order:
+        tokens, seconds = paths[name]()
         totals[name][0] += tokens
         totals[name][1] += seconds
     for name, (tokens, seconds) in totals.items():
