@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prefdata import __version__
+from prefdata._version import __version__
 
 MARK_START = "<!-- prefdata:config {name} -->"
 MARK_END = "<!-- /prefdata:config {name} -->"

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import prefdata
-from prefdata.build import resolve_recipe, run_build
+from prefdata.builder import resolve_recipe, run_build
 from prefdata.recipe import RecipeError, load_recipe
 from prefdata.schemas.errors import InputError
 from prefdata.schemas.pair import CORE_PAIR_COLUMNS, schema_version_of

@@ -1,6 +1,6 @@
 """Executors: what runs a recipe's stages over the source shards. `local` or `ray`, same output.
 
-`build.py` reads the source, checks the stage chain and hands a `BuildJob` to the executor the
+`builder.py` reads the source, checks the stage chain and hands a `BuildJob` to the executor the
 recipe's `[executor]` table (or `prefdata build --executor`) names. Every executor writes shard
 `i` of the output as `data/train-<i>.parquet`, rows sorted by id, from the same per-shard stage
 runs (rows draw their seeds from `ctx.seed_for(id, ...)`), so the dataset does not depend on

@@ -42,7 +42,7 @@ from typing import Any
 
 import pyarrow as pa
 
-import prefdata
+from prefdata.faults import fault_point
 from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints, _rejects_from_table
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.pipeline.executor import (
@@ -52,7 +52,6 @@ from prefdata.pipeline.executor import (
     build_checkpoints,
     engine_pool,
 )
-from prefdata.pipeline.faults import fault_point
 from prefdata.pipeline.local import ExecutionResult, join_phases
 from prefdata.pipeline.stage import StageStats, is_whole_input
 from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
@@ -213,7 +212,7 @@ class StageWorker:
 def worker_env() -> dict[str, str]:
     """Environment for the actors: this prefdata first on the path (a source checkout used without
     installing it), and the PREFDATA_/HF_ settings of the driver."""
-    package_root = Path(prefdata.__file__).resolve().parent.parent
+    package_root = Path(__file__).resolve().parents[2]  # the folder holding prefdata/
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
     if package_root.name not in {"site-packages", "dist-packages"}:  # installed copies are the nodes' own
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), os.environ.get("PYTHONPATH")) if p)

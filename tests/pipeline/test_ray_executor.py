@@ -17,7 +17,7 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from prefdata.build import resolve_recipe, run_build
+from prefdata.builder import resolve_recipe, run_build
 from prefdata.cli import app
 from prefdata.pipeline.executor import ExecutorConfig, StageResources
 from prefdata.pipeline.ray_executor import KILL_SHARD_ENV, ShardFailed

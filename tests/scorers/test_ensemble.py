@@ -9,7 +9,7 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.card import method_citations
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.registry import STAGES

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefdata import __version__
+from prefdata._version import __version__
 from prefdata.engines.base import Engine
 from prefdata.pipeline.context import BuildProgress
 from prefdata.pipeline.executor import BuildJob, make_executor
