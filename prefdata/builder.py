@@ -2,8 +2,9 @@
 
 The output folder holds `data/train-*.parquet` (the pairs), `rejects.parquet` (every row set
 aside, with stage, file, row, field and reason), `recipe.json` (the resolved recipe) and
-`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used, and the
-dataset-level `estimates` stages contribute, e.g. `estimates.flip_rate` from the noise filter).
+`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used, the
+methods run with their citations (`methods`, which the dataset card cites), and the dataset-level
+`estimates` stages contribute, e.g. `estimates.flip_rate` from the noise filter).
 Build state lives in `.prefdata/` (stage checkpoints per shard, the request cache): run the same
 command again after a crash and it resumes (`prefdata.pipeline.checkpoint`, `prefdata.engines.cache`).
 """
@@ -16,13 +17,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from prefdata._version import __version__
+from prefdata.card import method_citations
 from prefdata.engines.base import Engine
 from prefdata.pipeline.context import BuildProgress
 from prefdata.pipeline.executor import BuildJob, Executor, LocalExecutor, RunSettings
@@ -234,6 +236,7 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
         stats["resumed"] = result.resumed
         stats["request_cache"] = outcome.request_cache
         stats["executor"] = recipe.executor.kind.value
+        stats["methods"] = [asdict(method) for method in method_citations(stages)]  # the card cites them
         estimates = combined_estimates(stages, result)
         if estimates:
             stats["estimates"] = estimates
