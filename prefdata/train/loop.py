@@ -35,13 +35,10 @@ import torch
 from torch import Tensor
 
 from prefdata.schemas.errors import rejects_table
+from prefdata.schemas.formats import RATIONALE, REF_CHOSEN, REF_MODEL, REF_REJECTED
 from prefdata.schemas.writers import write_bytes_atomic, write_parquet_atomic
 from prefdata.train.config import TrainConfig, TrainError, read_flip_rate
 from prefdata.train.data import (
-    RATIONALE,
-    REF_CHOSEN,
-    REF_MODEL,
-    REF_REJECTED,
     EncodeResult,
     EncodeSpec,
     PairExample,
