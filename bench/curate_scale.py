@@ -6,8 +6,9 @@
 The pairs are made in memory (short texts, 5 precomputed member margins, precomputed ches/ln_ches,
 prompt vectors from a seeded generator: `--dim`-dimensional unit vectors, 2% planted near copies
 and 1% planted exact prompt copies) and handed to the real executor (`prefdata.pipeline.executor`),
-as `prefdata build` does after reading its source; each executor runs in its own process, so
-`peak_rss_mib` (ru_maxrss) is that build process's own (for Ray: the driver; the actors are other
+as `prefdata build` does after reading its source: they are written to one Parquet file first and
+each executor runs in its own process that reads it, so `peak_rss_mib` (ru_maxrss) is that build
+process's own (for Ray: the driver; the actors are other
 processes). dedup reads the given vectors (`embedding_column`), so no encoder runs; with more than
 `exact_scan_max` prompts its near-duplicate search is the ANN index. Stage checkpoints are off
 (`--checkpoints` turns them on): the run identity of every shard hashes its rows.
@@ -73,13 +74,16 @@ def synthetic_pairs(rows: int, dim: int, seed: int = 0) -> pa.Table:
     })
 
 
-def run_one(executor: str, rows: int, shards: int, dim: int, checkpoints: bool) -> dict:
+def run_one(executor: str, source: Path, shards: int, checkpoints: bool) -> dict:
+    import pyarrow.parquet as pq
+
     from prefdata.builder import job_for, make_executor
     from prefdata.pipeline.stage import check_chain
     from prefdata.recipe import parse_recipe
     from prefdata.registry import make_stage
 
-    table = synthetic_pairs(rows, dim)
+    table = pq.read_table(source)  # as `prefdata build` reads a Parquet source
+    rows, dim = table.num_rows, table.schema.field("embedding").type.list_size
     data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory(prefix="curate-scale-") as tmp:
         out = Path(tmp) / "out"
@@ -107,14 +111,20 @@ def main() -> None:
     parser.add_argument("--executors", nargs="+", default=["local", "ray"])
     parser.add_argument("--checkpoints", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.rows, args.shards, args.dim, args.checkpoints)))
+        print(json.dumps(run_one(args.one, Path(args.source), args.shards, args.checkpoints)))
         return
+    import pyarrow.parquet as pq
+
     results = []
+    scratch = tempfile.TemporaryDirectory(prefix="curate-scale-source-")
+    source = Path(scratch.name) / "pairs.parquet"
+    pq.write_table(synthetic_pairs(args.rows, args.dim), source)  # made here, read by each build process
     for executor in args.executors:
-        cmd = [sys.executable, __file__, "--one", executor, "--rows", str(args.rows), "--shards", str(args.shards),
-               "--dim", str(args.dim)] + (["--checkpoints"] if args.checkpoints else [])
+        cmd = [sys.executable, __file__, "--one", executor, "--source", str(source), "--shards", str(args.shards)]
+        cmd += ["--checkpoints"] if args.checkpoints else []
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else None
         print(line or proc.stderr[-3000:], flush=True)

@@ -48,7 +48,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any, ClassVar, Literal
 
@@ -60,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import EngineStage, StageOutput, WholeInputStage
-from prefdata.schemas.errors import Reject
+from prefdata.schemas.errors import Reject, row_payloads
 from prefdata.schemas.formats import tokenize_pair
 from prefdata.schemas.pair import put_column
 from prefdata.types import RejectReason
@@ -211,11 +210,12 @@ class ChesFilterStage(WholeInputStage):
             counters["ches_null_kept"] += len(nulls)
         rejects = []
         if drop_rows:
-            records = table.take(sorted(drop_rows)).to_pylist()
-            for r, record in zip(sorted(drop_rows), records):
+            rows = sorted(drop_rows)
+            ids = table.column("id").take(pa.array(rows, type=pa.int64())).to_pylist()
+            for r, row_id, payload in zip(rows, ids, row_payloads(table, rows)):
                 reason, detail = drop_rows[r]
-                rejects.append(Reject(stage=self.name, reason=reason, detail=detail, row_id=record["id"],
-                                      field=c.score, payload=json.dumps(record, ensure_ascii=False, default=str)))
+                rejects.append(Reject(stage=self.name, reason=reason, detail=detail, row_id=row_id,
+                                      field=c.score, payload=payload))
         keep_mask = np.ones(table.num_rows, dtype=bool)
         keep_mask[list(drop_rows)] = False
         return StageOutput(table.filter(pa.array(keep_mask)), rejects, counters)

@@ -35,9 +35,9 @@ Decisions:
   contamination verdicts and the vectors of all shards, in input order, and decides which prompt
   groups go (the greedy first-occurrence rule above, over the global order); `apply` drops their
   rows in each shard. `per_shard = true` dedups within each shard only.
-* Near duplicates at scale: above `exact_scan_max` vectors the candidates come from an HNSW index
-  (faiss-cpu `IndexHNSWFlat`, inner product on the unit vectors; `bench/dedup_ann.py` compared it
-  with usearch),
+* Near duplicates at scale: above `exact_scan_max` vectors the candidates come from an IVF index
+  (faiss-cpu `IndexIVFFlat`, inner product on the unit vectors, about 4 sqrt(n) lists, `ann_probes`
+  searched; `bench/dedup_ann.py` compared it with faiss's and usearch's HNSW),
   `ann_neighbours` per vector, and every candidate's cosine is recomputed exactly before the
   greedy rule uses it. A vector whose neighbours are all above the threshold (the list may be cut
   short) is checked against every earlier kept vector, so only a neighbour the index misses
@@ -56,13 +56,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.embedded import DEFAULT_EMBEDDER, resolve_model
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import StageOutput, WholeInputStage
-from prefdata.schemas.errors import InputError, Reject
+from prefdata.schemas.errors import InputError, Reject, row_payloads
 from prefdata.schemas.pair import put_column
 from prefdata.types import RejectReason
 
@@ -176,6 +177,7 @@ class DedupConfig(BaseModel):
     embedding_column: str | None = Field(None, description="Take the prompt vectors from this list column (unit length) instead of embedding")
     exact_scan_max: int = Field(20000, ge=0, description="Up to this many vectors the near-duplicate search is an exact scan; above it, an ANN index")
     ann_neighbours: int = Field(16, ge=2, le=1024, description="Candidates per vector from the ANN index (each verified by exact cosine)")
+    ann_probes: int = Field(16, ge=1, description="IVF lists searched per vector (more: higher recall, slower search)")
     per_shard: bool = Field(False, description="Dedup within each shard only, instead of across the whole input")
 
 
@@ -252,42 +254,40 @@ class DedupStage(WholeInputStage):
         return pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(mask))
 
     def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
-        """The prompt groups to drop, with reason and detail, decided over the whole input in order."""
+        """The prompt groups to drop, with reason and detail, decided over the whole input in order.
+        Column operations (polars) over the view: no Python object per input row."""
         c = self.config
-        ids = view.column("id").to_pylist()
-        groups = view.column(GROUP).to_pylist()
-        first: dict[Any, int] = {}
-        for row, group in enumerate(groups):
-            first.setdefault(group, row)
-        heads = list(first.values())
+        frame = pl.from_arrow(view.select([GROUP, KEY, CONTAMINATED])).with_row_index("row")
+        heads = frame.filter(pl.col(GROUP).is_first_distinct())  # each prompt group's first row, in input order
         verdicts: dict[int, tuple[str, str]] = {}
-        contaminated = view.column(CONTAMINATED).take(heads).to_pylist() if heads else []
-        for head, why in zip(heads, contaminated):
-            if why is not None:
-                verdicts[head] = (RejectReason.CONTAMINATED.value, why)
+        for head, why in heads.filter(pl.col(CONTAMINATED).is_not_null()).select("row", CONTAMINATED).iter_rows():
+            verdicts[head] = (RejectReason.CONTAMINATED.value, why)
         if c.exact:
-            seen: dict[str, int] = {}
-            for head, key in zip(heads, view.column(KEY).take(heads).to_pylist() if heads else []):
-                if head in verdicts:
-                    continue
-                if key in seen:
-                    verdicts[head] = (RejectReason.EXACT_DUPLICATE.value, f"duplicate of id {ids[seen[key]]}")
-                else:
-                    seen[key] = head
+            clean = heads.filter(pl.col(CONTAMINATED).is_null())
+            copies = clean.with_columns(owner=pl.col("row").first().over(KEY)).filter(pl.col("row") != pl.col("owner"))
+            owner_ids = view.column("id").take(pa.array(copies["owner"].to_numpy())).to_pylist()
+            for head, owner_id in zip(copies["row"].to_list(), owner_ids):
+                verdicts[head] = (RejectReason.EXACT_DUPLICATE.value, f"duplicate of id {owner_id}")
         if c.near_threshold is not None:
-            alive = [h for h in heads if h not in verdicts]
-            if alive:
-                column = view.column(self.vector_column).take(alive).combine_chunks()
+            alive = heads.filter(~pl.col("row").is_in(list(verdicts)))["row"].to_numpy()
+            if len(alive):
+                column = view.column(self.vector_column).take(pa.array(alive)).combine_chunks()
                 vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(alive), -1)
                 vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+                del column
                 if len(alive) > c.exact_scan_max:
-                    found = near_duplicates_ann(vectors, c.near_threshold, c.ann_neighbours)
+                    found = near_duplicates_ann(vectors, c.near_threshold, c.ann_neighbours, c.ann_probes)
                 else:
                     found = near_duplicates(vectors, c.near_threshold)
-                for position, (kept, cosine) in found.items():
-                    verdicts[alive[position]] = (RejectReason.NEAR_DUPLICATE.value,
-                                                 f"duplicate of id {ids[alive[kept]]} (cosine {cosine:.4f})")
-        return {"prompts": len(heads), "dropped": {groups[head]: list(why) for head, why in sorted(verdicts.items())}}
+                del vectors
+                positions = sorted(found)
+                owner_ids = view.column("id").take(pa.array([int(alive[found[p][0]]) for p in positions], type=pa.int64())).to_pylist()
+                for position, owner_id in zip(positions, owner_ids):
+                    verdicts[int(alive[position])] = (RejectReason.NEAR_DUPLICATE.value,
+                                                      f"duplicate of id {owner_id} (cosine {found[position][1]:.4f})")
+        dropped = sorted(verdicts)
+        groups = view.column(GROUP).take(pa.array(dropped, type=pa.int64())).to_pylist() if dropped else []
+        return {"prompts": heads.height, "dropped": {group: list(verdicts[head]) for group, head in zip(groups, dropped)}}
 
     def describe(self, fitted: dict[str, Any]) -> dict[str, Any]:
         reasons = Counter(reason for reason, _ in fitted["dropped"].values())
@@ -299,11 +299,12 @@ class DedupStage(WholeInputStage):
         drop_rows = [row for row, group in enumerate(groups) if group in dropped]
         rejects = []
         if drop_rows:
-            records = table.drop_columns([n for n in self.scratch if n in table.column_names]).take(drop_rows)
-            for row, record in zip(drop_rows, records.to_pylist()):
+            rows = table.drop_columns([n for n in self.scratch if n in table.column_names])
+            ids = table.column("id").take(pa.array(drop_rows, type=pa.int64())).to_pylist()
+            for row, row_id, payload in zip(drop_rows, ids, row_payloads(rows, drop_rows)):
                 reason, detail = dropped[groups[row]]
-                rejects.append(Reject(stage=self.name, reason=RejectReason(reason), detail=detail, row_id=record["id"],
-                                      field="prompt", payload=json.dumps(record, ensure_ascii=False, default=str)))
+                rejects.append(Reject(stage=self.name, reason=RejectReason(reason), detail=detail, row_id=row_id,
+                                      field="prompt", payload=payload))
         keep = np.ones(table.num_rows, dtype=bool)
         keep[drop_rows] = False
         return StageOutput(table.filter(pa.array(keep)), rejects)
@@ -346,21 +347,29 @@ def near_duplicates(vectors: np.ndarray, threshold: float, block: int = 1024) ->
     return duplicates
 
 
-def knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(neighbours, cosines) [n, k] from an HNSW index (faiss-cpu, inner product on unit vectors);
-    -1 where fewer than k were found. The cosines are the index's: verify before use."""
+def knn(vectors: np.ndarray, k: int, probes: int = 16, batch: int = 65536) -> np.ndarray:
+    """Neighbours [n, k] (int32; -1 where fewer than k were found) of every vector from an IVF index
+    (faiss-cpu `IndexIVFFlat`, inner product on unit vectors): about 4 sqrt(n) lists trained by
+    10 rounds of k-means on a seeded sample of 40 vectors per list, `probes` lists searched per vector. The index's own scores are
+    dropped: callers verify every candidate exactly."""
     import faiss
 
     n, dim = vectors.shape
-    index = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = 128
+    lists = max(1, min(n // 39, int(4 * np.sqrt(n))))  # faiss wants >= 39 training points per list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.niter = 10  # coarse lists only route the search; 25 k-means rounds bought no recall here
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, 40 * lists), replace=False))
+    index.train(vectors[sample])
     index.add(vectors)
-    index.hnsw.efSearch = max(64, 2 * k)
-    cosines, neighbours = index.search(vectors, min(k, n))
-    return neighbours.astype(np.int64), cosines
+    index.nprobe = min(lists, probes)
+    neighbours = np.empty((n, min(k, n)), dtype=np.int32)
+    for start in range(0, n, batch):  # batches keep the search's distance buffers small
+        _, found = index.search(vectors[start : start + batch], min(k, n))
+        neighbours[start : start + batch] = found
+    return neighbours
 
 
-def near_duplicates_ann(vectors: np.ndarray, threshold: float, k: int = 16) -> dict[int, tuple[int, float]]:
+def near_duplicates_ann(vectors: np.ndarray, threshold: float, k: int = 16, probes: int = 16) -> dict[int, tuple[int, float]]:
     """`near_duplicates` with candidates from an ANN index: the same greedy rule in order (a vector
     is a duplicate of the most similar earlier KEPT vector with cosine >= threshold), every
     candidate's cosine recomputed exactly; a vector whose k neighbours are all above the threshold
@@ -368,12 +377,12 @@ def near_duplicates_ann(vectors: np.ndarray, threshold: float, k: int = 16) -> d
     n = len(vectors)
     if n == 0:
         return {}
-    neighbours, _ = knn(vectors, k)
+    neighbours = knn(vectors, k, probes)
     cosines = np.zeros(neighbours.shape, dtype=np.float32)
-    for start in range(0, n, 8192):  # exact verification in float32, a block of rows at a time
-        block = neighbours[start : start + 8192]
-        cosines[start : start + 8192] = np.einsum("nd,nkd->nk", vectors[start : start + 8192],
-                                                  vectors[np.where(block >= 0, block, 0)])
+    for start in range(0, n, 2048):  # exact verification in float32, a block of rows at a time
+        stop = min(n, start + 2048)
+        candidates = vectors[np.maximum(neighbours[start:stop], 0)]  # [rows, k, dim]
+        cosines[start:stop] = np.matmul(candidates, vectors[start:stop, :, None])[..., 0]  # batched BLAS, not einsum
     rows = np.arange(n)[:, None]
     close = (neighbours >= 0) & (cosines >= threshold)
     earlier = close & (neighbours < rows)

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import StageOutput, WholeInputStage
-from prefdata.schemas.errors import Reject
+from prefdata.schemas.errors import Reject, row_payloads
 from prefdata.schemas.pair import put_column
 from prefdata.scorers.ensemble import CITATION as ENSEMBLE_CITATION
 from prefdata.types import RejectReason
@@ -241,11 +241,12 @@ def decide(table: pa.Table, config: VotingConfig, stage: str = "voting") -> tupl
     if drop.any():
         reasons = {INCORRECT: RejectReason.INCORRECT_PREFERENCE, AMBIGUOUS: RejectReason.AMBIGUOUS_PREFERENCE,
                    NORMAL: RejectReason.NORMAL_PREFERENCE}
-        ids, means = table.column("id").to_pylist(), table.column(STRENGTH_MEAN).to_pylist()
-        for i in np.flatnonzero(drop):
-            rejects.append(Reject(stage=stage, reason=reasons[buckets[i]], row_id=ids[i], field=STRENGTH_MEAN,
-                                  detail=f"bucket {buckets[i]}: strength_mean {means[i]:.4g}",
-                                  payload=table.slice(int(i), 1).to_pylist()[0]))
+        rows = np.flatnonzero(drop).tolist()
+        ids = table.column("id").take(pa.array(rows, type=pa.int64())).to_pylist()
+        means = table.column(STRENGTH_MEAN).take(pa.array(rows, type=pa.int64())).to_pylist()
+        for i, row_id, mean, payload in zip(rows, ids, means, row_payloads(table, rows)):
+            rejects.append(Reject(stage=stage, reason=reasons[buckets[i]], row_id=row_id, field=STRENGTH_MEAN,
+                                  detail=f"bucket {buckets[i]}: strength_mean {mean:.4g}", payload=payload))
         table = table.filter(pa.array(~drop))
     return table, rejects, counters
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any
@@ -79,6 +80,16 @@ class Reject:
 
     def to_error(self) -> InputError:
         return InputError(self.file or self.stage, f"{self.reason.value}: {self.detail}", row=self.row, field=self.field)
+
+
+def row_payloads(table: pa.Table, rows: Sequence[int], batch: int = 4096) -> list[str]:
+    """Rows of `table` as JSON strings (a reject's payload: the row as it was), taken a batch at a
+    time: a dropped row costs its JSON text, not a Python dict of its values."""
+    out: list[str] = []
+    for start in range(0, len(rows), batch):
+        records = table.take(pa.array(rows[start : start + batch], type=pa.int64())).to_pylist()
+        out.extend(json.dumps(record, ensure_ascii=False, default=str) for record in records)
+    return out
 
 
 def rejects_table(rejects: list[Reject]) -> pa.Table:
