@@ -49,8 +49,8 @@ def main() -> None:
     from prefdata.engines import ChatFormatter, EngineConfig, load_engine
     from prefdata.filters.ches import ChesStage
     from prefdata.pipeline.context import BuildContext, EnginePool
+    from prefdata.schemas.formats import tokenize_pair
     from prefdata.schemas.readers import read_pairs
-    from prefdata.train.data import tokenize_pair
     from prefdata.types import SourceKind
 
     table = read_pairs(DATA / "hh_rlhf_harmless_test_1312.jsonl", kind=SourceKind.HH, limit=args.pairs).table

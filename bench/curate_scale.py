@@ -77,7 +77,7 @@ def synthetic_pairs(rows: int, dim: int, seed: int = 0) -> pa.Table:
 def run_one(executor: str, source: Path, shards: int, checkpoints: bool) -> dict:
     import pyarrow.parquet as pq
 
-    from prefdata.pipeline.executor import BuildJob, make_executor
+    from prefdata.builder import job_for, make_executor
     from prefdata.pipeline.stage import check_chain
     from prefdata.recipe import parse_recipe
     from prefdata.registry import make_stage
@@ -94,7 +94,7 @@ def run_one(executor: str, source: Path, shards: int, checkpoints: bool) -> dict
         stages = [make_stage(config) for config in recipe.stages]
         check_chain(stages, table.column_names)
         start = time.perf_counter()
-        result = make_executor(recipe.executor).run(BuildJob(recipe, table, stages, out, use_cache=False)).result
+        result = make_executor(recipe.executor).run(job_for(recipe, table, stages, out, use_cache=False)).result
         seconds = time.perf_counter() - start
     return {"executor": executor, "rows": rows, "shards": len(result.shards), "dim": dim, "rows_out": result.rows,
             "drops": {s.name: dict(s.drops) for s in result.stats},

@@ -35,7 +35,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
     from prefdata.recipe import load_recipe
 
     recipe = load_recipe(args.recipe).resolved()

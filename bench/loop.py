@@ -207,7 +207,7 @@ def encode(table: pa.Table, tokenizer, args: argparse.Namespace, ref: bool):
 
 def scores_of(model, tokenizer, table: pa.Table, args: argparse.Namespace, ref: bool = True) -> dict:
     from prefdata.train.eval import score_examples
-    from prefdata.train.loop import columns_reference
+    from prefdata.train.logps import columns_reference
 
     return score_examples(model, encode(table, tokenizer, args, ref), tokenizer.pad_token_id,
                           columns_reference if ref else None, batch_size=8, precision="fp32")

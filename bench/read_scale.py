@@ -58,7 +58,7 @@ def write_input(path: Path, rows: int, batch: int = 100_000) -> None:
 
 
 def child(path: Path, out: Path, streaming: bool, shard_size: int) -> None:
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
 
     recipe = {"name": "read_scale", "source": {"path": str(path), "kind": "pairs", "streaming": streaming,
                                                 "columns": {"chosen_score": "chosen_score", "rejected_score": "rejected_score"}},

@@ -56,10 +56,10 @@ def prepare(out: Path, pairs: int, max_length: int) -> tuple[Path, Path]:
             pq.write_table(pq.read_table(source).slice(0, pairs), target)
         return paths
 
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
     from prefdata.engines import EngineConfig, load_engine
+    from prefdata.scorers.reference_logps import ReferenceLogpsStage
     from prefdata.train.data import EncodeSpec, encode_pairs
-    from prefdata.train.reference import ReferenceLogpsStage
 
     built = run_build({"name": "bench_train", "source": {"path": str(DATA / "hh_rlhf_harmless_test_1312.jsonl"),
                                                          "kind": "hh", "limit": 400},

@@ -12,16 +12,14 @@ The Python API (imports are lazy, so `import prefdata` stays cheap):
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType as _ModuleType  # not `types`: prefdata.types would shadow it
 from typing import Any
 
-__version__ = "0.1.0"
+from prefdata._version import __version__
 
 
 def build(recipe: Any, **kwargs: Any):
     """Run a recipe (path, dict or `Recipe`) and return the pairs as a `datasets.Dataset`."""
-    from prefdata.build import build as _build
+    from prefdata.builder import build as _build
 
     return _build(recipe, **kwargs)
 
@@ -53,23 +51,5 @@ def push_to_hub(directory: Any, repo_id: str, **kwargs: Any):
 
     return _push(directory, repo_id, **kwargs)
 
-
-class _CallableModule(_ModuleType):
-    """`prefdata.build` stays callable after `import prefdata.build` (or the first `prefdata.build()`):
-    importing a submodule rebinds the package attribute of the same name to the module, so the
-    module is made to call its own `build`."""
-
-    def __call__(self, recipe: Any, **kwargs: Any):
-        return self.build(recipe, **kwargs)
-
-
-class _Package(_ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "build" and isinstance(value, _ModuleType) and not isinstance(value, _CallableModule):
-            value.__class__ = _CallableModule
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = ["__version__", "apply", "build", "iter_batches", "load", "push_to_hub"]

@@ -10,8 +10,8 @@ Body, per config (between `<!-- prefdata:config NAME -->` markers, so pushing on
 the others' sections): rows in/out per stage, drops by reason, the label-noise estimate
 (`stats.json` `estimates.flip_rate`: `{"epsilon", "interval", "method"}`), judge
 position-consistency (any `position_consistency` entry in stats), the models used
-(`stats.json` `engines`), BibTeX for every method the recipe ran (stage and scorer `citation`
-constants), and the resolved recipe.
+(`stats.json` `engines`), BibTeX for every method the build ran (stage and scorer `citation`
+constants, recorded in `stats.json` `methods` at build time), and the resolved recipe.
 
 The card never holds a credential: `hub.push_to_hub` refuses to upload a card or file that
 contains the token it authenticates with.
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prefdata import __version__
+from prefdata._version import __version__
 
 MARK_START = "<!-- prefdata:config {name} -->"
 MARK_END = "<!-- /prefdata:config {name} -->"
@@ -62,7 +62,7 @@ def summary_of(obj: Any) -> str:
 
 def _scorers_in(obj: Any, depth: int = 0) -> Iterator[Any]:
     """Scorer instances held by a stage or scorer (ensembles hold members), depth-first."""
-    from prefdata.scorers.base import PairScorer, Scorer
+    from prefdata.scorers.base import PairScorer, Scorer  # lazy: the scorers package imports every scorer
 
     if depth > 3:
         return
@@ -76,37 +76,32 @@ def _scorers_in(obj: Any, depth: int = 0) -> Iterator[Any]:
                 yield from _scorers_in(item, depth + 1)
 
 
-def method_citations(recipe: dict[str, Any]) -> list[MethodCitation]:
-    """Every method a resolved recipe runs (stages, their scorers), each once, with its BibTeX.
-
-    Stages are built from their configs (cheap: engines load in `setup`, which is not called)
-    so the scorers a stage really uses are found, whatever config shape names them.
-    """
-    from prefdata.recipe import RecipeError, parse_recipe
-    from prefdata.registry import STAGES, make_stage
-
+def method_citations(stages: Iterable[Any]) -> list[MethodCitation]:
+    """Every method a build's stages run (each stage, the scorers it holds), each once, with its
+    BibTeX. The builder records them in stats.json (`methods`) when it builds; the card reads them
+    from there (`recorded_methods`), so it cites what really ran, not what today's registry makes
+    of the recipe."""
     found: dict[tuple[str, str], MethodCitation] = {}
 
     def add(name: str, kind: str, obj: Any) -> None:
-        """`obj` is a stage/scorer instance or class; an instance may set its own `citation`."""
-        cls = obj if isinstance(obj, type) else type(obj)
+        """`obj` is a stage/scorer instance; an instance may set its own `citation`."""
+        cls = type(obj)
         if (kind, name) not in found:
             bibtex = getattr(obj, "citation", None) or getattr(sys.modules[cls.__module__], "CITATION", None)
             found[(kind, name)] = MethodCitation(name, kind, summary_of(cls), bibtex)
 
-    try:
-        stages = [make_stage(config) for config in parse_recipe(recipe, "recipe.json").stages]
-    except (RecipeError, KeyError):  # a recipe from another prefdata version: cite what is known
-        for raw in recipe.get("stages", []):
-            entry = STAGES.get(raw.get("type"))
-            if entry is not None:
-                add(raw["type"], "stage", entry[1])
-        return list(found.values())
     for stage in stages:
         add(stage.name, "stage", stage)
         for scorer in _scorers_in(stage):
             add(scorer.name, "scorer", scorer)
     return list(found.values())
+
+
+def recorded_methods(stats: dict[str, Any]) -> list[MethodCitation]:
+    """The methods stats.json recorded at build time (none for a build made before they were recorded)."""
+    fields = ("name", "kind", "summary", "bibtex")
+    return [MethodCitation(**{k: entry.get(k) for k in fields}) for entry in stats.get("methods") or []
+            if isinstance(entry, dict) and entry.get("name")]
 
 
 def size_category(rows: int) -> str:
@@ -315,7 +310,7 @@ def render_card(*, repo_id: str, config_name: str, recipe: dict[str, Any], stats
     info = DatasetInfo(features=features, splits=split_dict, download_size=sum(s.download_bytes for s in splits),
                        dataset_size=sum(s.num_bytes for s in splits))
     DatasetInfosDict({config_name: info}).to_dataset_card_data(data)
-    methods = method_citations(recipe)
+    methods = recorded_methods(stats)
     section = config_section(config_name, recipe, stats, splits, methods, test_size)
     body = render_body(repo_id, pretty, recipe.get("description") or "", section, config_name,
                        old.text if old is not None else None)

@@ -51,7 +51,7 @@ def build(
     Library logs go to OUT/.prefdata/build.log (-v also shows them). Ctrl-C or SIGTERM stops the
     build (exit code 130); the same command resumes it.
     """
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
     from prefdata.console import BuildConsole
     from prefdata.schemas.errors import PrefdataError
 
@@ -233,7 +233,7 @@ def models_provision() -> None:
 @app.command()
 def version() -> None:
     """Print prefdata's version and schema version."""
-    from prefdata import __version__
+    from prefdata._version import __version__
     from prefdata.schemas.pair import SCHEMA_VERSION
 
     typer.echo(json.dumps({"prefdata": __version__, "schema": SCHEMA_VERSION}))

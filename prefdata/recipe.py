@@ -17,13 +17,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prefdata.engines.config import EngineConfig, expand_vars
-from prefdata.pipeline.executor import ExecutorConfig
 from prefdata.registry import StageConfig
 from prefdata.schemas.errors import PrefdataError
 from prefdata.schemas.presets import PRESETS, get_preset
 from prefdata.schemas.readers import ColumnMap
 from prefdata.schemas.sources import SourceSpec
-from prefdata.types import SourceFormat, SourceKind
+from prefdata.types import ExecutorKind, SourceFormat, SourceKind
 
 
 class RecipeError(PrefdataError):
@@ -139,6 +138,43 @@ class OutputConfig(BaseModel):
     @classmethod
     def _expand(cls, value: Any) -> Any:
         return expand_vars(value) if isinstance(value, str) else value
+
+
+class StageResources(BaseModel):
+    """Ray resources of one stage's actor pool (`[executor.stages.<stage name or position>]`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int | None = Field(None, ge=1, description="Actors (engine replicas) for this stage")
+    num_cpus: float | None = Field(None, ge=0, description="CPUs reserved per actor")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor (set it to the engine's tensor_parallel_size)")
+
+
+class ExecutorConfig(BaseModel):
+    """`[executor]`: where the stages run. The defaults run everything in this process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ExecutorKind = Field(ExecutorKind.LOCAL, description="local (one process) or ray (a Ray cluster)")
+    address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); "
+                                                   "unset: start a local cluster for this run")
+    concurrency: int = Field(1, ge=1, description="Actors per stage (each holds one loaded engine)")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (a vLLM engine with tensor_parallel_size=k needs k)")
+    max_retries: int = Field(3, ge=0, description="Times a shard is retried after its worker died; then the build fails naming it")
+    stages: dict[str, StageResources] = Field(default_factory=dict,
+                                              description="Per-stage overrides, keyed by stage type or position ('0')")
+    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started for the run (default: all)")
+    local_object_store_mb: int | None = Field(None, ge=80, description="Object store of the local cluster (default: Ray's)")
+
+    def resources(self, position: int, stage_name: str) -> StageResources:
+        """The stage's actor resources: its own table (by position, then by type) over the defaults."""
+        own = self.stages.get(str(position)) or self.stages.get(stage_name) or StageResources()
+        return StageResources(
+            concurrency=own.concurrency or self.concurrency,
+            num_cpus=self.num_cpus if own.num_cpus is None else own.num_cpus,
+            num_gpus=self.num_gpus if own.num_gpus is None else own.num_gpus,
+        )
 
 
 class PushConfig(BaseModel):

@@ -23,7 +23,7 @@ from prefdata.generators.rise import RiseConfig, RiseGenerator
 from prefdata.pipeline.stage import Stage
 from prefdata.scorers.embedding_rm import EmbeddingRMConfig, EmbeddingRMStage
 from prefdata.scorers.ensemble import ScoreConfig, ScoreStage
-from prefdata.train.reference import ReferenceLogpsConfig, ReferenceLogpsStage
+from prefdata.scorers.reference_logps import ReferenceLogpsConfig, ReferenceLogpsStage
 
 STAGES: dict[str, tuple[type[BaseModel], type[Stage]]] = {
     "on_policy": (OnPolicyConfig, OnPolicyGenerator),

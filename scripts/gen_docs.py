@@ -153,7 +153,10 @@ def render(entry: Entry) -> str:
              f"# `{entry.name}` ({entry.kind})", "", module_doc]
     if impl_doc and impl_doc not in module_doc and not impl_doc.startswith("One step of a build"):
         lines += ["", impl_doc]
-    table = "[[stages]]" if entry.kind != "scorer" else "[stages.scorer]"
+    from prefdata.registry import STAGES
+
+    is_stage = entry.name in STAGES and STAGES[entry.name][0] is entry.config  # a stage, wherever its module lives
+    table = "[[stages]]" if is_stage else "[stages.scorer]"
     lines += ["", "## In a recipe", "", "```toml", table, f'type = "{entry.name}"', "```", "",
               f"## Configuration (`{entry.config.__name__}`)", "",
               "| field | type | default | description |", "|---|---|---|---|", *_rows(entry.config)]

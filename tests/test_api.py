@@ -12,7 +12,7 @@ import pytest
 
 import prefdata
 import prefdata.api
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.generators.on_policy import OnPolicyConfig, OnPolicyGenerator
 
 from .conftest import FIXTURES, REPO
@@ -106,10 +106,13 @@ def test_example_apply_in_training_job_runs(hf_engine, shared_data, monkeypatch,
 
 
 def test_prefdata_build_stays_callable_after_its_module_is_imported(tmp_path):
-    """`import prefdata.build` rebinds the package attribute to the submodule; it must stay callable."""
-    import prefdata.build as build_module
+    """The build module is `prefdata.builder`: importing it leaves `prefdata.build` the function."""
+    import types
+
+    import prefdata.builder as build_module
 
     recipe = {"source": {"path": str(FIXTURES / "pairs_small.jsonl"), "kind": "pairs"}, "output": {"dir": str(tmp_path)}}
     first, second = prefdata.build(recipe), prefdata.build(recipe)
     assert len(first) == len(second) == 11 and first.to_list() == second.to_list()
-    assert build_module.run_build is prefdata.build.run_build  # still the module for attribute access
+    assert isinstance(prefdata.build, types.FunctionType) and prefdata.builder is build_module
+    assert type(prefdata) is types.ModuleType  # no module-class swap in the package

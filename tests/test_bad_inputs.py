@@ -12,7 +12,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.engines import ModelError
 from prefdata.recipe import RecipeError
 from prefdata.schemas.errors import InputError, PrefdataError

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import prefdata
-from prefdata.build import resolve_recipe, run_build
+from prefdata.builder import resolve_recipe, run_build
 from prefdata.recipe import RecipeError, load_recipe
 from prefdata.schemas.errors import InputError
 from prefdata.schemas.pair import CORE_PAIR_COLUMNS, schema_version_of
@@ -51,6 +51,10 @@ def test_build_writes_shards_rejects_stats_and_recipe(built):
     assert stage["rows_out"] + stage["drops"].get("no_pair", 0) == 4
     assert stats["output"]["rejects"] == pq.read_table(out / "rejects.parquet").num_rows
     assert json.loads((out / "recipe.json").read_text())["stages"][0]["n"] == 2
+    from prefdata.generators.on_policy import CITATION
+
+    methods = {(m["kind"], m["name"]): m for m in stats["methods"]}  # recorded for the dataset card
+    assert methods[("stage", "on_policy")]["bibtex"] == CITATION and methods[("stage", "on_policy")]["summary"]
     for shard in shards:
         table = pq.read_table(shard)
         assert schema_version_of(table.schema) == "1.0"

@@ -84,9 +84,9 @@ def test_no_cache_switch_turns_the_request_cache_off(tmp_path, monkeypatch):
 
         raise PrefdataError("stop here")
 
-    import prefdata.build  # noqa: F401 - the package attribute `build` is the function; patch the module
+    import prefdata.builder  # noqa: F401 - load the module, then patch its run_build
 
-    monkeypatch.setattr(sys.modules["prefdata.build"], "run_build", fake_run_build)
+    monkeypatch.setattr(sys.modules["prefdata.builder"], "run_build", fake_run_build)
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'[source]\npath = "{FIXTURES / "pairs_small.jsonl"}"\nkind = "pairs"\n')
     result = CliRunner().invoke(app, ["build", str(recipe), "--no-cache", "-q"])

@@ -15,7 +15,7 @@ import sys
 
 from rich.console import Console
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.console import BuildConsole, BuildProgressModel, print_summary
 from prefdata.logs import capture_output
 

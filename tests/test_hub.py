@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 import prefdata
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.generators.on_policy import CITATION as ON_POLICY_CITATION
 from prefdata.hub import HubError, push_to_hub, split_of
 from prefdata.scorers.judge import CITATION as JUDGE_CITATION

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 
 from .conftest import FIXTURES, REPO
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.cli import app
 from prefdata.report import render_html, summarize, write_html
 from prefdata.schemas.errors import Reject, rejects_table

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 
 from .served import Proxy
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 import prefdata
-from prefdata.build import run_build
+from prefdata.builder import run_build
 
 from .conftest import FIXTURES
 

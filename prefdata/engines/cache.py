@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from prefdata.engines.base import Completion, Engine, SamplingParams, normalise_params
-from prefdata.pipeline.faults import fault_point
+from prefdata.faults import fault_point
 from prefdata.schemas.pair import fingerprint
 
 CHUNK_REQUESTS = 64

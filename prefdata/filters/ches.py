@@ -60,8 +60,8 @@ from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import EngineStage, StageOutput, WholeInputStage
 from prefdata.schemas.errors import Reject, row_payloads
+from prefdata.schemas.formats import tokenize_pair
 from prefdata.schemas.pair import put_column
-from prefdata.train.data import tokenize_pair
 from prefdata.types import RejectReason
 
 CITATION = """@inproceedings{razin2025unintentional,

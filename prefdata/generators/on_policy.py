@@ -2,7 +2,7 @@
 
 Paper: Tajwar et al. 2024, "Preference Fine-Tuning of LLMs Should Leverage Suboptimal,
 On-Policy Data" (arXiv 2404.14367). Sample n responses per prompt from the policy itself,
-score each, and pair them (`prefdata.generators.pairing`: max_min by default, max_random,
+score each, and pair them (`prefdata.schemas.pairing`: max_min by default, max_random,
 random, ranked). The paper's finding: on-policy samples with a contrastive loss beat offline
 data.
 
@@ -28,11 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.chat import ChatFormatter
 from prefdata.generators.config import SamplingConfig
-from prefdata.generators.pairing import make_pairs
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import Stage, StageOutput
 from prefdata.schemas.errors import Reject
 from prefdata.schemas.pair import CORE_PAIR_COLUMNS, assistant_turn, make_pair_id, pair_schema
+from prefdata.schemas.pairing import make_pairs
 from prefdata.scorers import JudgeConfig, ScoreBatch, ScorerConfig, make_scorer
 from prefdata.types import PairingStrategy, RejectReason
 

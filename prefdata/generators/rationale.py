@@ -57,8 +57,14 @@ from prefdata.generators.config import SamplingConfig
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import Stage, StageOutput
 from prefdata.schemas.errors import Reject
+from prefdata.schemas.formats import (
+    CHOSEN_FIRST,
+    RATIONALE,
+    RATIONALE_ORDER,
+    REJECTED_FIRST,
+    rationale_prompt,
+)
 from prefdata.scorers.judge import RatingReader
-from prefdata.train.data import CHOSEN_FIRST, RATIONALE, RATIONALE_ORDER, REJECTED_FIRST, rationale_prompt
 from prefdata.types import RejectReason
 
 CITATION = """@article{just2024data,

@@ -41,8 +41,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from prefdata.faults import fault_point
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.faults import fault_point
 from prefdata.pipeline.identity import stage_fingerprint
 from prefdata.pipeline.stage import Stage, StageOutput, StageStats
 from prefdata.schemas.errors import Reject, rejects_table

@@ -1,7 +1,8 @@
 """Executors: what runs a recipe's stages over the source shards. `local` or `ray`, same output.
 
-`build.py` reads the source, checks the stage chain and hands a `BuildJob` to the executor the
-recipe's `[executor]` table (or `prefdata build --executor`) names. Every executor writes shard
+`builder.py` reads the source, checks the stage chain and hands a `BuildJob` (`builder.job_for`:
+run settings, stages, stage configs and a factory; never the recipe) to the executor the recipe's
+`[executor]` table (or `prefdata build --executor`) names (`builder.make_executor`). Every executor writes shard
 `i` of the output as `data/train-<i>.parquet`, rows sorted by id, from the same per-shard stage
 runs (rows draw their seeds from `ctx.seed_for(id, ...)`), so the dataset does not depend on
 which executor built it; stage stats and rejects are merged the same way, and the per-shard stage
@@ -12,15 +13,15 @@ build the other started.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.engines.base import Engine
+from prefdata.engines.config import EngineConfig
 from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE, Checkpoints
 from prefdata.pipeline.context import BuildContext, BuildProgress, EnginePool
 from prefdata.pipeline.identity import engine_key
@@ -30,57 +31,54 @@ from prefdata.types import ExecutorKind
 
 if TYPE_CHECKING:
     from prefdata.engines.cache import RequestStore
-    from prefdata.recipe import Recipe
 
 
-class StageResources(BaseModel):
-    """Ray resources of one stage's actor pool (`[executor.stages.<stage name or position>]`)."""
+class ActorResources(Protocol):
+    """One stage's Ray actor pool (the recipe's `[executor.stages.<name>]`, `prefdata.recipe.StageResources`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    concurrency: int | None = Field(None, ge=1, description="Actors (engine replicas) for this stage")
-    num_cpus: float | None = Field(None, ge=0, description="CPUs reserved per actor")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per actor (set it to the engine's tensor_parallel_size)")
+    concurrency: int | None
+    num_cpus: float | None
+    num_gpus: float | None
 
 
-class ExecutorConfig(BaseModel):
-    """`[executor]`: where the stages run. The defaults run everything in this process."""
+class ExecutorSettings(Protocol):
+    """What an executor reads of the recipe's `[executor]` table (`prefdata.recipe.ExecutorConfig`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ExecutorKind
+    address: str | None
+    max_retries: int
+    local_num_cpus: int | None
+    local_object_store_mb: int | None
 
-    kind: ExecutorKind = Field(ExecutorKind.LOCAL, description="local (one process) or ray (a Ray cluster)")
-    address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://host:10001', 'host:6379'); "
-                                                   "unset: start a local cluster for this run")
-    concurrency: int = Field(1, ge=1, description="Actors per stage (each holds one loaded engine)")
-    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (a vLLM engine with tensor_parallel_size=k needs k)")
-    max_retries: int = Field(3, ge=0, description="Times a shard is retried after its worker died; then the build fails naming it")
-    stages: dict[str, StageResources] = Field(default_factory=dict,
-                                              description="Per-stage overrides, keyed by stage type or position ('0')")
-    local_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster started for the run (default: all)")
-    local_object_store_mb: int | None = Field(None, ge=80, description="Object store of the local cluster (default: Ray's)")
+    def resources(self, position: int, stage_name: str) -> ActorResources: ...
 
-    def resources(self, position: int, stage_name: str) -> StageResources:
-        """The stage's actor resources: its own table (by position, then by type) over the defaults."""
-        own = self.stages.get(str(position)) or self.stages.get(stage_name) or StageResources()
-        return StageResources(
-            concurrency=own.concurrency or self.concurrency,
-            num_cpus=self.num_cpus if own.num_cpus is None else own.num_cpus,
-            num_gpus=self.num_gpus if own.num_gpus is None else own.num_gpus,
-        )
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the executors need of a recipe (the builder fills it in): the seed rows derive theirs
+    from, the shard size, the named engines, and the checkpoint and request-cache settings."""
+
+    seed: int
+    shard_size: int
+    engines: Mapping[str, EngineConfig]
+    checkpoints: bool = True
+    cache_max_gib: float = 2.0
 
 
 @dataclass
 class BuildJob:
     """Everything an executor needs for one build: the source's rows, either read and checked
     (`table`) or streamed (`shards`: tables of `shard_size` rows, read while the build runs, with
-    `input_rows` an upper bound of their rows), so an input larger than memory is never held whole."""
+    `input_rows` an upper bound of their rows), so an input larger than memory is never held whole.
+    The builder makes it from a recipe (`prefdata.builder.job_for`): executors never see the recipe."""
 
-    recipe: Recipe
+    settings: RunSettings
     table: pa.Table | None
     stages: list[Stage]
     out_dir: Path
     use_cache: bool
+    stage_configs: Sequence[Any] = ()  # the stages' typed configs, with `stage_factory`: what a Ray worker builds
+    stage_factory: Callable[[Any], Stage] | None = None
     engines: Mapping[str, Engine] = field(default_factory=dict)  # already-loaded engines (local executor only)
     on_shard: Callable[[int, int | None], None] | None = None
     progress: BuildProgress | None = None  # stage/chunk progress (local executor; Ray reports shards only)
@@ -93,14 +91,14 @@ class BuildJob:
 
     def shard_rows(self) -> list[int]:
         """Rows per shard, for progress (a streamed input: full shards up to `input_rows`, an upper bound)."""
-        size = self.recipe.output.shard_size
+        size = self.settings.shard_size
         if self.table is not None:
             return [shard.num_rows for shard in iter_shards(self.table, size)]
         rows = self.rows()
         return [min(size, rows - start) for start in range(0, rows, size)] or [0]
 
     def input_shards(self) -> Iterable[pa.Table]:
-        return self.shards if self.shards is not None else iter_shards(self.table, self.recipe.output.shard_size)
+        return self.shards if self.shards is not None else iter_shards(self.table, self.settings.shard_size)
 
 
 @dataclass
@@ -115,13 +113,13 @@ class Executor(Protocol):
     def run(self, job: BuildJob) -> ExecutorOutcome: ...
 
 
-def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool,
+def engine_pool(settings: RunSettings, out_dir: Path, use_cache: bool,
                 on_chunk: Callable[[str, int, int], None] | None = None) -> tuple[EnginePool, RequestStore | None]:
-    """The recipe's engines behind the request cache (every executor process builds its own);
+    """The build's engines behind the request cache (every executor process builds its own);
     `on_chunk(operation, done, total)` is called after each chunk of engine requests."""
     from prefdata.engines.cache import CachedEngine, RequestStore
 
-    store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(recipe.output.cache_max_gib * 1024**3)) if use_cache else None
+    store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(settings.cache_max_gib * 1024**3)) if use_cache else None
 
     def wrap(engine: Engine, identity: dict[str, Any] | None) -> Engine:
         # Also without a store: CachedEngine's fixed request chunks keep an engine's batches, and so
@@ -131,25 +129,25 @@ def engine_pool(recipe: Recipe, out_dir: Path, use_cache: bool,
         cached.on_chunk = on_chunk
         return cached
 
-    return EnginePool(recipe.engines, wrap=wrap), store
+    return EnginePool(settings.engines, wrap=wrap), store
 
 
 def build_checkpoints(job: BuildJob, pool: EnginePool) -> Checkpoints | None:
     """The build's checkpoints, keyed by each stage's run identity (`prefdata.pipeline.identity`)."""
-    if not job.recipe.output.checkpoints:
+    if not job.settings.checkpoints:
         return None
-    return Checkpoints.for_stages(job.out_dir, job.stages, job.recipe.seed, pool.identity, pool.names())
+    return Checkpoints.for_stages(job.out_dir, job.stages, job.settings.seed, pool.identity, pool.names())
 
 
 class LocalExecutor:
     """Shards in order in this process (`run_local`); engines load once, in this process."""
 
     def run(self, job: BuildJob) -> ExecutorOutcome:
-        pool, store = engine_pool(job.recipe, job.out_dir, job.use_cache,
+        pool, store = engine_pool(job.settings, job.out_dir, job.use_cache,
                                   on_chunk=job.progress.engine_chunk if job.progress is not None else None)
         for name, engine in job.engines.items():
             pool.put(name, engine)
-        ctx = BuildContext.for_input(pool, job.recipe.seed, job.rows(), job.recipe.output.shard_size)
+        ctx = BuildContext.for_input(pool, job.settings.seed, job.rows(), job.settings.shard_size)
         ctx.progress = job.progress
         if job.progress is not None:  # before the engines load: an interrupt then still knows N shards
             job.progress.begin([stage.name for stage in job.stages], job.shard_rows())
@@ -161,7 +159,7 @@ class LocalExecutor:
             setup_seconds = time.perf_counter() - started
             checkpoints = build_checkpoints(job, pool)  # after setup: identities of the loaded engines
             result = run_local(job.table if job.shards is None else job.shards, job.stages, ctx, job.out_dir,
-                               job.recipe.output.shard_size,
+                               job.settings.shard_size,
                                on_shard=job.on_shard, checkpoints=checkpoints)
             engines = pool.loaded()
         finally:
@@ -172,11 +170,3 @@ class LocalExecutor:
             checkpoints.prune()
         counts = dict(sorted(store.counts.items())) if store is not None else None
         return ExecutorOutcome(result, engines, setup_seconds, counts)
-
-
-def make_executor(config: ExecutorConfig) -> Executor:
-    if config.kind == ExecutorKind.RAY:
-        from prefdata.pipeline.ray_executor import RayExecutor  # ray is an optional extra
-
-        return RayExecutor(config)
-    return LocalExecutor()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from prefdata.faults import fault_point
 from prefdata.pipeline.checkpoint import Checkpoints, run_shard
 from prefdata.pipeline.context import BuildContext
-from prefdata.pipeline.faults import fault_point
 from prefdata.pipeline.stage import Stage, StageOutput, StageStats, WholeInputStage, fit_view, is_whole_input
 from prefdata.schemas.errors import Reject
 from prefdata.schemas.writers import read_as_built, shard_path, sort_by_id, write_parquet_atomic

@@ -37,24 +37,25 @@ import signal
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-import prefdata
+from prefdata.faults import fault_point
 from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints, _rejects_from_table
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.pipeline.executor import (
     BuildJob,
-    ExecutorConfig,
     ExecutorOutcome,
+    ExecutorSettings,
+    RunSettings,
     build_checkpoints,
     engine_pool,
 )
-from prefdata.pipeline.faults import fault_point
 from prefdata.pipeline.local import ExecutionResult, join_phases
-from prefdata.pipeline.stage import StageStats, is_whole_input
+from prefdata.pipeline.stage import Stage, StageStats, is_whole_input
 from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
 from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
 
@@ -151,19 +152,15 @@ def _kill_hook(position: int, index: int) -> None:
 class StageWorker:
     """One actor of a stage's pool: the stage, set up once with its own engines, mapping shards."""
 
-    def __init__(self, recipe: dict[str, Any], position: int, out_dir: str, use_cache: bool,
-                 stage_fingerprints: list[str] | None, input_rows: int, phase: str = "run",
-                 fitted: dict[str, Any] | None = None):
-        from prefdata.recipe import parse_recipe
-        from prefdata.registry import make_stage
-
-        parsed = parse_recipe(recipe, "<recipe sent to a Ray worker>")
+    def __init__(self, stage_config: Any, stage_factory: Callable[[Any], Stage], settings: RunSettings, position: int,
+                 out_dir: str, use_cache: bool, stage_fingerprints: list[str] | None, input_rows: int,
+                 phase: str = "run", fitted: dict[str, Any] | None = None):
         self.position = position
         self.phase, self.fitted = phase, fitted  # run (a per-shard stage), or score / apply of a whole-input one
-        self.stage = make_stage(parsed.stages[position])
-        self.pool, self.store = engine_pool(parsed, Path(out_dir), use_cache)
+        self.stage = stage_factory(stage_config)
+        self.pool, self.store = engine_pool(settings, Path(out_dir), use_cache)
         # input_rows/shard_size: stages that need the whole input (cross-fitting, dataset estimates) check it
-        self.ctx = BuildContext.for_input(self.pool, parsed.seed, input_rows, parsed.output.shard_size)
+        self.ctx = BuildContext.for_input(self.pool, settings.seed, input_rows, settings.shard_size)
         started = time.perf_counter()
         try:
             self.stage.setup(self.ctx)
@@ -213,7 +210,7 @@ class StageWorker:
 def worker_env() -> dict[str, str]:
     """Environment for the actors: this prefdata first on the path (a source checkout used without
     installing it), and the PREFDATA_/HF_ settings of the driver."""
-    package_root = Path(prefdata.__file__).resolve().parent.parent
+    package_root = Path(__file__).resolve().parents[2]  # the folder holding prefdata/
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
     if package_root.name not in {"site-packages", "dist-packages"}:  # installed copies are the nodes' own
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(package_root), os.environ.get("PYTHONPATH")) if p)
@@ -223,12 +220,15 @@ def worker_env() -> dict[str, str]:
 class RayExecutor:
     """Runs the stages on a Ray cluster (`[executor] kind = "ray"`); see the module docstring."""
 
-    def __init__(self, config: ExecutorConfig):
+    def __init__(self, config: ExecutorSettings):
         self.config = config
 
     def run(self, job: BuildJob) -> ExecutorOutcome:
         import ray
 
+        if job.stage_factory is None or len(job.stage_configs) != len(job.stages):
+            raise PrefdataError("the Ray executor needs the stages' configs and a stage factory "
+                                "(BuildJob.stage_configs, BuildJob.stage_factory; prefdata.builder.job_for sets them)")
         started_here = not ray.is_initialized()
         if started_here:
             self._connect(ray)
@@ -248,117 +248,16 @@ class RayExecutor:
                  logging_level="WARNING")
 
     def _run(self, job: BuildJob) -> ExecutorOutcome:
-        import ray
-        import ray.data
-
-        cfg, stages, out_dir = self.config, job.stages, job.out_dir
-        identities = EnginePool(job.recipe.engines)  # a vLLM/transformers engine's identity needs no loading
+        identities = EnginePool(job.settings.engines)  # a vLLM/transformers engine's identity needs no loading
         try:
             checkpoints = build_checkpoints(job, identities)
         finally:
             identities.close()
-        shards = list(job.input_shards())  # a streamed input is held whole here: Ray needs every shard up front
-        whole = [is_whole_input(stage) for stage in stages]
-        chain, fits = checkpoints.chain(shards, whole) if checkpoints is not None else ([[] for _ in shards], {})
-        fit_stats: dict[int, StageStats] = {}
-        result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
-        done: dict[int, tuple[pa.Table, list[Reject], list[StageStats]]] = {}
-        envelopes, engines, setup = [], {}, Counter()
-
-        def finish(index: int, table: pa.Table, rejects: list[Reject], stats: list[StageStats]) -> None:
-            write_parquet_atomic(sort_by_id(table), shard_path(out_dir, index))
-            done[index] = (table, rejects, stats)
-            if job.on_shard is not None:
-                job.on_shard(len(done), len(shards))
-
-        for index, shard in enumerate(shards):
-            table, rejects, stats, keys = self._resume(index, shard, job, checkpoints, chain[index], whole, fits)
-            result.resumed["stages"] += len(stats)
-            if stats and len(stats) == len(stages) or not stages:
-                result.resumed["shards"] += bool(stages)
-                finish(index, table, [r for part in rejects for r in part], stats)
-                continue
-            meta = {"stats": [stats_to_dict(s) for s in stats], "engines": {}, "setup": {}}
-            envelopes.append(pa.Table.from_pylist([{
-                "shard": index, "next": len(stats), "keys": keys, "table": to_ipc(table),
-                "rejects": [to_ipc(rejects_table(part)) for part in rejects], "meta": json.dumps(meta)}],
-                schema=ENVELOPE))
-
+        run = _RayRun(self.config, job, checkpoints)
+        envelopes = run.resume()
         if envelopes:
-            running = RunningShards(out_dir)
-            running.clear()
-            data_context = ray.data.DataContext.get_current()
-            data_context.enable_progress_bars = False
-            dataset = ray.data.from_arrow(envelopes)  # one block per shard: shards spread over the actors
-            env = worker_env()
-            fingerprints = checkpoints.stage_fingerprints if checkpoints is not None else None
-
-            def pool(dataset, position: int, stage, phase: str = "run", fitted: dict | None = None):
-                res = cfg.resources(position, stage.name)
-                with warnings.catch_warnings():  # Ray 2.60 takes actor restarts only as ray_remote_args
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    return dataset.map_batches(
-                        StageWorker, batch_size=1, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=res.concurrency),
-                        num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
-                        fn_constructor_kwargs={"recipe": job.recipe.resolved(), "position": position,
-                                               "out_dir": str(out_dir.resolve()), "use_cache": job.use_cache,
-                                               "stage_fingerprints": fingerprints,
-                                               "input_rows": job.rows(), "phase": phase, "fitted": fitted},
-                        runtime_env={"env_vars": env},
-                        max_restarts=cfg.max_retries, max_task_retries=cfg.max_retries)
-
-            for position, stage in enumerate(stages):
-                if not whole[position]:
-                    dataset = pool(dataset, position, stage)
-                    continue
-                loaded = checkpoints.load_fit(position, stage.name, fits[position]) if checkpoints is not None else None
-                dataset = pool(dataset, position, stage, "score")
-                if loaded is None:  # every shard is before this stage (`_resume` stops them all at a missing fit)
-                    try:
-                        dataset = dataset.materialize()
-                        view = fit_view_of(dataset, stage.fit_columns)
-                    except Exception as exc:
-                        raise self._failure(exc, running, list(range(len(shards))), out_dir) from exc
-                    ctx = BuildContext.for_input(EnginePool(job.recipe.engines), job.recipe.seed, job.rows(),
-                                                 job.recipe.output.shard_size)
-                    loaded = stage.run_fit(view, ctx)
-                    if checkpoints is not None:
-                        checkpoints.save_fit(position, stage.name, fits[position], *loaded)
-                    fault_point("fit_done")
-                fit_stats[position] = loaded[1]
-                dataset = pool(dataset, position, stage, "apply", loaded[0])
-            try:
-                for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    for row in batch.to_pylist():
-                        meta = json.loads(row["meta"])
-                        engines.update(meta["engines"])
-                        for position, seconds in meta["setup"].items():
-                            setup[position] = max(setup[position], seconds)
-                        rejects = [r for part in row["rejects"] for r in _rejects_from_table(from_ipc(part))]
-                        finish(row["shard"], from_ipc(row["table"]), rejects,
-                               [stats_from_dict(s) for s in meta["stats"]])
-            except Exception as exc:
-                raise self._failure(exc, running, sorted(set(range(len(shards))) - set(done)), out_dir) from exc
-
-        for index in sorted(done):
-            table, rejects, stats = done[index]
-            for position, part in enumerate(stats):
-                result.stats[position].merge(part)
-            result.rejects.extend(rejects)
-            result.shards.append(shard_path(out_dir, index))
-            result.rows += table.num_rows
-        for position, stats in fit_stats.items():
-            result.stats[position].merge(stats)
-        if checkpoints is not None:
-            for index in range(len(shards)):  # the actors' checkpoint files are this build's too
-                for position, key in enumerate(chain[index]):
-                    checkpoints.load(position, stages[position].name, index, key)
-            for position, key in fits.items():
-                if position not in fit_stats and (found := checkpoints.load_fit(position, stages[position].name, key)):
-                    result.stats[position].merge(found[1])  # every shard resumed past this fit
-            checkpoints.prune()
-        return ExecutorOutcome(result, engines, float(sum(setup.values())), None)
+            run.run_pools(envelopes)
+        return run.outcome()
 
     @staticmethod
     def _resume(index: int, shard: pa.Table, job: BuildJob, checkpoints: Checkpoints | None, keys: list[str],
@@ -397,6 +296,136 @@ class RayExecutor:
                                f"(a worker died each time: {type(exc).__name__}); {kept}")
         return ShardFailed(f"the Ray executor failed with shards {unfinished} unfinished: {type(exc).__name__}: "
                            f"{_first_line(exc)}; {kept}")
+
+
+class _RayRun:
+    """One Ray build: the shards resumed from checkpoints, the stage pools over the rest, the output."""
+
+    def __init__(self, config: ExecutorSettings, job: BuildJob, checkpoints: Checkpoints | None):
+        self.config, self.job, self.checkpoints = config, job, checkpoints
+        self.shards = list(job.input_shards())  # a streamed input is held whole here: Ray needs every shard up front
+        self.whole = [is_whole_input(stage) for stage in job.stages]
+        self.chain, self.fits = (checkpoints.chain(self.shards, self.whole) if checkpoints is not None
+                                 else ([[] for _ in self.shards], {}))
+        self.fit_stats: dict[int, StageStats] = {}
+        self.result = ExecutionResult(stats=[StageStats(stage.name) for stage in job.stages])
+        self.done: dict[int, tuple[pa.Table, list[Reject], list[StageStats]]] = {}
+        self.engines: dict[str, Any] = {}
+        self.setup: Counter = Counter()
+        self.env: dict[str, str] = {}  # the actors' environment (`worker_env`)
+
+    def finish(self, index: int, table: pa.Table, rejects: list[Reject], stats: list[StageStats]) -> None:
+        write_parquet_atomic(sort_by_id(table), shard_path(self.job.out_dir, index))
+        self.done[index] = (table, rejects, stats)
+        if self.job.on_shard is not None:
+            self.job.on_shard(len(self.done), len(self.shards))
+
+    def resume(self) -> list[pa.Table]:
+        """Shards complete from their checkpoints are written now; the others become envelopes."""
+        job, stages, envelopes = self.job, self.job.stages, []
+        for index, shard in enumerate(self.shards):
+            table, rejects, stats, keys = RayExecutor._resume(index, shard, job, self.checkpoints, self.chain[index],
+                                                              self.whole, self.fits)
+            self.result.resumed["stages"] += len(stats)
+            if stats and len(stats) == len(stages) or not stages:
+                self.result.resumed["shards"] += bool(stages)
+                self.finish(index, table, [r for part in rejects for r in part], stats)
+                continue
+            meta = {"stats": [stats_to_dict(s) for s in stats], "engines": {}, "setup": {}}
+            envelopes.append(pa.Table.from_pylist([{
+                "shard": index, "next": len(stats), "keys": keys, "table": to_ipc(table),
+                "rejects": [to_ipc(rejects_table(part)) for part in rejects], "meta": json.dumps(meta)}],
+                schema=ENVELOPE))
+        return envelopes
+
+    def pool(self, dataset, position: int, stage, phase: str = "run", fitted: dict | None = None):
+        """`dataset` mapped by an actor pool of stage `position` (one shard per call)."""
+        import ray.data
+
+        job, fingerprints = self.job, self.checkpoints.stage_fingerprints if self.checkpoints is not None else None
+        res = self.config.resources(position, stage.name)
+        with warnings.catch_warnings():  # Ray 2.60 takes actor restarts only as ray_remote_args
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return dataset.map_batches(
+                StageWorker, batch_size=1, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=res.concurrency),
+                num_cpus=res.num_cpus, num_gpus=res.num_gpus or None,
+                fn_constructor_kwargs={"stage_config": job.stage_configs[position], "stage_factory": job.stage_factory,
+                                       "settings": job.settings, "position": position,
+                                       "out_dir": str(job.out_dir.resolve()), "use_cache": job.use_cache,
+                                       "stage_fingerprints": fingerprints,
+                                       "input_rows": job.rows(), "phase": phase, "fitted": fitted},
+                runtime_env={"env_vars": self.env},
+                max_restarts=self.config.max_retries, max_task_retries=self.config.max_retries)
+
+    def fit(self, dataset, position: int, stage, running: RunningShards):
+        """A whole-input stage: score in a pool, fit once on the driver (or load the fit), apply in a pool."""
+        job, checkpoints, fits = self.job, self.checkpoints, self.fits
+        loaded = checkpoints.load_fit(position, stage.name, fits[position]) if checkpoints is not None else None
+        dataset = self.pool(dataset, position, stage, "score")
+        if loaded is None:  # every shard is before this stage (`_resume` stops them all at a missing fit)
+            try:
+                dataset = dataset.materialize()
+                view = fit_view_of(dataset, stage.fit_columns)
+            except Exception as exc:
+                raise RayExecutor._failure(exc, running, list(range(len(self.shards))), job.out_dir) from exc
+            ctx = BuildContext.for_input(EnginePool(job.settings.engines), job.settings.seed, job.rows(),
+                                         job.settings.shard_size)
+            loaded = stage.run_fit(view, ctx)
+            if checkpoints is not None:
+                checkpoints.save_fit(position, stage.name, fits[position], *loaded)
+            fault_point("fit_done")
+        self.fit_stats[position] = loaded[1]
+        return self.pool(dataset, position, stage, "apply", loaded[0])
+
+    def run_pools(self, envelopes: list[pa.Table]) -> None:
+        """The envelopes through every stage's pool; each shard is written as it comes back."""
+        import ray.data
+
+        out_dir = self.job.out_dir
+        running = RunningShards(out_dir)
+        running.clear()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        dataset = ray.data.from_arrow(envelopes)  # one block per shard: shards spread over the actors
+        self.env = worker_env()
+        for position, stage in enumerate(self.job.stages):
+            dataset = (self.fit(dataset, position, stage, running) if self.whole[position]
+                       else self.pool(dataset, position, stage))
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    meta = json.loads(row["meta"])
+                    self.engines.update(meta["engines"])
+                    for position, seconds in meta["setup"].items():
+                        self.setup[position] = max(self.setup[position], seconds)
+                    rejects = [r for part in row["rejects"] for r in _rejects_from_table(from_ipc(part))]
+                    self.finish(row["shard"], from_ipc(row["table"]), rejects,
+                                [stats_from_dict(s) for s in meta["stats"]])
+        except Exception as exc:
+            unfinished = sorted(set(range(len(self.shards))) - set(self.done))
+            raise RayExecutor._failure(exc, running, unfinished, out_dir) from exc
+
+    def outcome(self) -> ExecutorOutcome:
+        """Stats and rejects merged in shard order, as the local executor merges them."""
+        result, stages, checkpoints = self.result, self.job.stages, self.checkpoints
+        for index in sorted(self.done):
+            table, rejects, stats = self.done[index]
+            for position, part in enumerate(stats):
+                result.stats[position].merge(part)
+            result.rejects.extend(rejects)
+            result.shards.append(shard_path(self.job.out_dir, index))
+            result.rows += table.num_rows
+        for position, stats in self.fit_stats.items():
+            result.stats[position].merge(stats)
+        if checkpoints is not None:
+            for index in range(len(self.shards)):  # the actors' checkpoint files are this build's too
+                for position, key in enumerate(self.chain[index]):
+                    checkpoints.load(position, stages[position].name, index, key)
+            for position, key in self.fits.items():
+                if position not in self.fit_stats and (found := checkpoints.load_fit(position, stages[position].name, key)):
+                    result.stats[position].merge(found[1])  # every shard resumed past this fit
+            checkpoints.prune()
+        return ExecutorOutcome(result, self.engines, float(sum(self.setup.values())), None)
 
 
 def _project(batch: pa.Table, columns: list[str]) -> pa.Table:

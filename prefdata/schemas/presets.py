@@ -7,7 +7,7 @@ dataset's license and citation. Keys set under `[source.columns]` override the p
 Multi-completion rows (Nectar's ranked answers, UltraFeedback's four rated completions,
 OASST's ranked sibling replies, HelpSteer2's two responses per prompt) become ONE pair per
 prompt: the best-scored completion against the worst (`kind = "completions"`, the
-`max_min` rule of `prefdata.generators.pairing`: no randomness, ties and single completions
+`max_min` rule of `prefdata.schemas.pairing`: no randomness, ties and single completions
 are rejected with reason `no_pair`). The pair id is the usual hash of the row id, so it is
 stable across runs; rows without an id column get `<split or file stem>-<row>`.
 

@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefdata.generators.pairing import make_pairs
 from prefdata.schemas.errors import InputError, Reject, RowError
 from prefdata.schemas.pair import PROMPT_SCHEMA, assistant_turn, make_pair_id, pair_schema, user_chat
+from prefdata.schemas.pairing import make_pairs
 from prefdata.types import PairingStrategy, RejectReason, Role, SourceFormat, SourceKind
 
 INPUT_METADATA_TYPE = pa.struct([pa.field("source_file", pa.string()), pa.field("source_row", pa.int64())])

@@ -22,7 +22,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefdata.pipeline.faults import fault_point
+from prefdata.faults import fault_point
 from prefdata.schemas.errors import PrefdataError
 
 # Fixed writer settings: the same table always gives the same bytes (with the same pyarrow).

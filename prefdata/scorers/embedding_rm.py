@@ -59,6 +59,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefdata.engines.base import derive_seed
+from prefdata.engines.config import expand_vars
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import StageOutput, WholeInputStage
 from prefdata.schemas.pair import put_column
@@ -323,8 +324,6 @@ class EmbeddingRMConfig(BaseModel):
     @field_validator("train_path", mode="before")
     @classmethod
     def _expand(cls, value: Any) -> Any:
-        from prefdata.recipe import expand_vars
-
         return expand_vars(value) if isinstance(value, str) else value
 
 

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.citations import CITATIONS
 from prefdata.engines.chat import ChatFormatter
 from prefdata.schemas.pair import assistant_turn
 from prefdata.scorers.base import ScoreBatch, Scorer, ScoreResult
-from prefdata.train.citations import CITATIONS
 from prefdata.types import ScoreError
 
 if TYPE_CHECKING:

@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from prefdata.schemas.formats import REF_CHOSEN, REF_REJECTED
 from prefdata.train.config import EvalConfig, TrainError, read_flip_rate
-from prefdata.train.data import REF_CHOSEN, REF_REJECTED, EncodeSpec, encode_pairs, in_holdout, load_pairs
+from prefdata.train.data import EncodeSpec, encode_pairs, in_holdout, load_pairs
 from prefdata.types import Precision, ReferenceSource
 
 CITATION = """@article{chen2024preference,
@@ -148,8 +149,7 @@ def _alpha(config: EvalConfig) -> tuple[float | None, str | None]:
 def evaluate(config: EvalConfig, *, model: Any = None, tokenizer: Any = None, reference_model: Any = None,
              output: str | Path | None = None) -> dict[str, Any]:
     """Load the dataset and model(s), score every usable pair, return (and optionally write) the metrics."""
-    from prefdata.train.logps import load_causal_lm, pick_device
-    from prefdata.train.loop import columns_reference, model_reference
+    from prefdata.train.logps import columns_reference, load_causal_lm, model_reference, pick_device
 
     device = pick_device(config.device)
     ds = load_pairs(config.dataset, config.limit)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,37 @@ def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None, c
     logits = logits[:, :-1].float()  # positions first-1 .. T-2 predict tokens first .. T-1
     per_token = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
     return sequence_logps(per_token, weights[:, first:])
+
+
+# --- references: where a batch's reference log-probs come from (the trainer and `evaluate`) ---
+
+Reference = Callable[[dict[str, Any]], tuple[Tensor, Tensor]]
+
+
+def columns_reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The dataset's precomputed reference log-probs (the `reference_logps` stage)."""
+    return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+
+
+def model_reference(model: Any, chunk_size: int = DEFAULT_CHUNK) -> Reference:
+    """Reference log-probs from a frozen model, on the fly (chosen and rejected rows only; the
+    caller's autocast applies, as in TRL)."""
+
+    def reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        B = batch["n_pairs"]
+        with torch.no_grad():
+            logps = response_logps(model, batch, rows=2 * B, chunk_size=chunk_size)
+        return logps[:B], logps[B:]
+
+    return reference
+
+
+def adapter_disabled_reference(peft_model: Any, chunk_size: int = DEFAULT_CHUNK) -> Reference:
+    """Reference = the base model under LoRA adapters (adapters switched off), with no second copy."""
+    inner = model_reference(peft_model, chunk_size)
+
+    def reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        with peft_model.disable_adapter():
+            return inner(batch)
+
+    return reference

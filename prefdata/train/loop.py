@@ -1,10 +1,10 @@
 """The training loop: read a prefdata dataset, tokenise it, and run AdamW on a preference loss.
 
-Read top to bottom: `train()` loads the data and the models, then loops over optimizer steps;
-each step accumulates `grad_accum` micro-batches through `batch_loss()` (one concatenated
-forward of chosen, rejected and rationale rows; the reference from the dataset's columns or a
-frozen model), clips the gradient, sets the learning rate from the pure `lr_at()` schedule and
-steps. Everything a step measured goes to `metrics.jsonl`.
+Read top to bottom: `train()` is `prepare_run()` (the data, the models, the reference, the
+optimizer) then `fit()`, which loops over optimizer steps (`optimizer_step()`); each step sets the
+learning rate from the pure `lr_at()` schedule, accumulates `grad_accum` micro-batches through
+`batch_loss()` (one concatenated forward of chosen, rejected and rationale rows; the reference
+from the dataset's columns or a frozen model), clips the gradient and steps. Everything a step measured goes to `metrics.jsonl`.
 
 Run folder (`output_dir`):
 
@@ -26,7 +26,7 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,11 @@ import torch
 from torch import Tensor
 
 from prefdata.schemas.errors import rejects_table
+from prefdata.schemas.formats import RATIONALE, REF_CHOSEN, REF_MODEL, REF_REJECTED
 from prefdata.schemas.writers import write_bytes_atomic, write_parquet_atomic
 from prefdata.train.config import TrainConfig, TrainError, read_flip_rate
 from prefdata.train.data import (
-    RATIONALE,
-    REF_CHOSEN,
-    REF_MODEL,
-    REF_REJECTED,
+    EncodeResult,
     EncodeSpec,
     PairExample,
     collate,
@@ -49,13 +47,22 @@ from prefdata.train.data import (
     in_holdout,
     load_pairs,
 )
-from prefdata.train.logps import DEFAULT_CHUNK, autocast, load_causal_lm, pick_device, response_logps
+from prefdata.train.logps import (
+    DEFAULT_CHUNK,
+    Reference,
+    adapter_disabled_reference,
+    autocast,
+    columns_reference,
+    load_causal_lm,
+    model_reference,
+    pick_device,
+    response_logps,
+)
 from prefdata.train.losses import nll_term, preference_loss, rationale_term
 from prefdata.train.schedule import lr_at, warmup_steps
 from prefdata.types import LossType, ReferenceSource
 
 DEFAULT_GAMMA = 0.1  # RDPO's default rationale weight (Just et al. 2024)
-Reference = Callable[[dict[str, Any]], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -113,35 +120,6 @@ def host_metrics(step_metrics: list[dict[str, Tensor]]) -> dict[str, float]:
     keys = list(step_metrics[0])
     stacked = torch.stack([torch.stack([m[k].float() for k in keys]) for m in step_metrics]).mean(0)
     return dict(zip(keys, stacked.cpu().tolist()))
-
-
-def columns_reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-    """The dataset's precomputed reference log-probs (the `reference_logps` stage)."""
-    return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-
-
-def model_reference(model: Any, chunk_size: int = DEFAULT_CHUNK) -> Reference:
-    """Reference log-probs from a frozen model, on the fly (chosen and rejected rows only; the
-    caller's autocast applies, as in TRL)."""
-
-    def reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        B = batch["n_pairs"]
-        with torch.no_grad():
-            logps = response_logps(model, batch, rows=2 * B, chunk_size=chunk_size)
-        return logps[:B], logps[B:]
-
-    return reference
-
-
-def adapter_disabled_reference(peft_model: Any, chunk_size: int = DEFAULT_CHUNK) -> Reference:
-    """Reference = the base model under LoRA adapters (adapters switched off), with no second copy."""
-    inner = model_reference(peft_model, chunk_size)
-
-    def reference(batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        with peft_model.disable_adapter():
-            return inner(batch)
-
-    return reference
 
 
 # --- data order -------------------------------------------------------------------------------
@@ -223,8 +201,35 @@ def wrap_lora(model: Any, settings: Any) -> Any:
 def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, dataset: Any = None,
           progress: bool = True) -> TrainResult:
     """Train `config.model` (or the given `model`/`tokenizer`) on `config.dataset` (or `dataset`)."""
-    from prefdata.train.eval import evaluate_examples
+    return fit(prepare_run(config, model=model, tokenizer=tokenizer, dataset=dataset), progress=progress)
 
+
+@dataclass
+class PreparedRun:
+    """A run ready to fit (`prepare_run`): the tokenised data, the policy, the reference, the
+    optimizer and the schedule; config.json and rejects.parquet are already in `run_dir`."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: Any  # torch.device
+    model: Any
+    tokenizer: Any
+    reference: Reference
+    params: list[Any]
+    optimizer: Any
+    train_set: EncodeResult
+    eval_set: EncodeResult | None
+    rejects: list[Any]
+    total: int
+    warmup: int
+    pad_id: int
+    loss_args: dict[str, Any]
+    started: float
+
+
+def prepare_run(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, dataset: Any = None) -> PreparedRun:
+    """Everything before the first step: the run folder, the data (which columns the loss needs,
+    then tokenised; rows that cannot be used go to rejects), the models, the reference, the optimizer."""
     started = time.perf_counter()
     run_dir = Path(config.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -232,15 +237,10 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
-
-    # Data: which columns the loss needs, then tokenise (rows that cannot be used go to rejects).
     ds = dataset if dataset is not None else load_pairs(config.dataset, config.limit)
     epsilon, epsilon_source = resolve_epsilon(config)
     reference_source = resolve_reference(config, ds.column_names)
-    gamma = config.rationale_weight if config.rationale_weight is not None else (
-        DEFAULT_GAMMA if RATIONALE in ds.column_names else 0.0)
-    if gamma > 0 and RATIONALE not in ds.column_names:
-        raise TrainError(f"{config.dataset}: rationale_weight {gamma} needs a '{RATIONALE}' column")
+    gamma = resolve_rationale_weight(config, ds.column_names)
     if config.loss == LossType.MARGIN and config.margin_column not in ds.column_names:
         raise TrainError(f"{config.dataset}: loss 'margin' needs the column '{config.margin_column}' (set --margin-column)")
     if model is None:
@@ -251,6 +251,37 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
         if tokenizer is None:
             raise TrainError("train(model=...) needs the model's tokenizer too")
         model, model_path = model.to(device), getattr(model, "name_or_path", "in-memory")
+    train_set, eval_set, rejects = encode_run_data(config, ds, tokenizer, reference_source, gamma, run_dir)
+    model, reference = policy_and_reference(config, model, reference_source, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    pairs_per_step = config.batch_size * config.grad_accum
+    total = config.max_steps or max(1, math.ceil(config.epochs * len(train_set.examples) / pairs_per_step))
+    warmup = warmup_steps(total, config.warmup_ratio)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    loss_args = {"loss": config.loss, "beta": config.beta, "epsilon": epsilon, "margin_scale": config.margin_scale,
+                 "gamma": gamma, "nll_weight": config.nll_weight, "chunk_size": config.logps_chunk}
+    resolved = {**json.loads(config.model_dump_json()), "epsilon_value": epsilon, "epsilon_source": epsilon_source,
+                "reference_source": reference_source.value, "rationale_weight_value": gamma, "model_path": model_path,
+                "total_steps": total, "warmup_steps": warmup, "device": str(device),
+                "counts": {"train": dict(train_set.counts), "holdout": dict(eval_set.counts) if eval_set else {}}}
+    write_bytes_atomic(json.dumps(resolved, indent=2).encode(), run_dir / "config.json")
+    return PreparedRun(config, run_dir, device, model, tokenizer, reference, params, optimizer, train_set, eval_set,
+                       rejects, total, warmup, pad_id, loss_args, started)
+
+
+def resolve_rationale_weight(config: TrainConfig, columns: Sequence[str]) -> float:
+    """RDPO's gamma: the config's, else the default when the dataset has rationales, else 0."""
+    gamma = config.rationale_weight if config.rationale_weight is not None else (
+        DEFAULT_GAMMA if RATIONALE in columns else 0.0)
+    if gamma > 0 and RATIONALE not in columns:
+        raise TrainError(f"{config.dataset}: rationale_weight {gamma} needs a '{RATIONALE}' column")
+    return gamma
+
+
+def encode_run_data(config: TrainConfig, ds: Any, tokenizer: Any, reference_source: ReferenceSource, gamma: float,
+                    run_dir: Path) -> tuple[EncodeResult, EncodeResult | None, list[Any]]:
+    """The training and holdout pairs as token ids; the rows set aside go to rejects.parquet."""
     spec = EncodeSpec(max_length=config.max_length, ref_columns=reference_source == ReferenceSource.COLUMNS,
                       margin_column=config.margin_column if config.loss == LossType.MARGIN else None,
                       rationale=gamma > 0, edit_span_weight=config.edit_span_weight)
@@ -261,8 +292,13 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
     write_parquet_atomic(rejects_table(rejects), run_dir / "rejects.parquet")
     if not train_set.examples:
         raise TrainError(f"{config.dataset}: no usable training pairs ({dict(train_set.counts)}; see {run_dir / 'rejects.parquet'})")
+    return train_set, eval_set, rejects
 
-    # Models: the reference (columns, a frozen copy, or the base under LoRA), then the optimizer.
+
+def policy_and_reference(config: TrainConfig, model: Any, reference_source: ReferenceSource,
+                         device: Any) -> tuple[Any, Reference]:
+    """The policy ready to train (LoRA-wrapped if asked, no dropout) and its reference: the
+    dataset's columns, a frozen copy, another model, or the base under LoRA adapters."""
     if reference_source == ReferenceSource.MODEL and config.reference_model is not None:
         ref_model, _, _ = load_causal_lm(config.reference_model, device)
     elif reference_source == ReferenceSource.MODEL and config.lora is None:
@@ -284,31 +320,25 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
     for module in model.modules():  # DPO trains without dropout (as TRL's disable_dropout)
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    pairs_per_step = config.batch_size * config.grad_accum
-    total = config.max_steps or max(1, math.ceil(config.epochs * len(train_set.examples) / pairs_per_step))
-    warmup = warmup_steps(total, config.warmup_ratio)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    loss_args = {"loss": config.loss, "beta": config.beta, "epsilon": epsilon, "margin_scale": config.margin_scale,
-                 "gamma": gamma, "nll_weight": config.nll_weight, "chunk_size": config.logps_chunk}
-    resolved = {**json.loads(config.model_dump_json()), "epsilon_value": epsilon, "epsilon_source": epsilon_source,
-                "reference_source": reference_source.value, "rationale_weight_value": gamma, "model_path": model_path,
-                "total_steps": total, "warmup_steps": warmup, "device": str(device),
-                "counts": {"train": dict(train_set.counts), "holdout": dict(eval_set.counts) if eval_set else {}}}
-    write_bytes_atomic(json.dumps(resolved, indent=2).encode(), run_dir / "config.json")
+    return model, reference
+
+
+def fit(run: PreparedRun, progress: bool = True) -> TrainResult:
+    """The optimizer steps of a prepared run, with the holdout evaluated before and after; writes
+    metrics.jsonl, checkpoints, eval.json, final/ and summary.json."""
+    from prefdata.train.eval import evaluate_examples
+
+    config, model, run_dir, total = run.config, run.model, run.run_dir, run.total
 
     def evaluate_holdout() -> dict[str, Any] | None:
-        if not eval_set or not eval_set.examples:
+        if not run.eval_set or not run.eval_set.examples:
             return None
-        return evaluate_examples(model, eval_set.examples, pad_id, reference, beta=config.beta,
-                                 batch_size=config.batch_size, precision=config.precision, device=device)
+        return evaluate_examples(model, run.eval_set.examples, run.pad_id, run.reference, beta=config.beta,
+                                 batch_size=config.batch_size, precision=config.precision, device=run.device)
 
-    result = TrainResult(run_dir=run_dir, steps=total, counts=dict(train_set.counts))
+    result = TrainResult(run_dir=run_dir, steps=total, counts=dict(run.train_set.counts))
     result.eval_before = evaluate_holdout()
-
-    # The loop.
-    stream = batches(train_set.examples, config.batch_size, pad_id, config.seed)
+    stream = batches(run.train_set.examples, config.batch_size, run.pad_id, config.seed)
     log = (run_dir / "metrics.jsonl").open("w", encoding="utf-8")
     bar = _progress(progress)
     task = bar.add_task("train", total=total, loss=float("nan"), margin=float("nan"))
@@ -316,22 +346,8 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
     with bar, log:
         for step in range(total):
             step_started = time.perf_counter()
-            lr = lr_at(step, peak=config.lr, total=total, warmup=warmup, min_ratio=config.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_metrics: list[dict[str, Tensor]] = []
-            for _ in range(config.grad_accum):
-                batch = next(stream)
-                with autocast(config.precision, device):
-                    loss, metrics = batch_loss(model, batch, reference, **loss_args)
-                (loss / config.grad_accum).backward()  # average over micro-batches
-                step_metrics.append(metrics)
-                pairs_seen += batch["n_pairs"]
-            max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+            lr, step_metrics, grad_norm, pairs = optimizer_step(run, stream, step)
+            pairs_seen += pairs
             seconds = round(time.perf_counter() - step_started, 4)
             if (step + 1) % config.log_every == 0 or step + 1 == total:  # the only host sync of a step
                 record = host_metrics(step_metrics)
@@ -343,7 +359,7 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
                 bar.update(task, loss=record["loss"], margin=record["rewards/margin"])
             bar.update(task, advance=1)
             if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < total:
-                save_model(model, tokenizer, run_dir / f"checkpoint-{step + 1}", config, step + 1)
+                save_model(model, run.tokenizer, run_dir / f"checkpoint-{step + 1}", config, step + 1)
 
     model.eval()
     result.eval_after = evaluate_holdout()
@@ -351,12 +367,36 @@ def train(config: TrainConfig, *, model: Any = None, tokenizer: Any = None, data
         write_bytes_atomic(json.dumps({"before": result.eval_before, "after": result.eval_after}, indent=2).encode(),
                            run_dir / "eval.json")
     if config.save_final:
-        save_model(model, tokenizer, run_dir / "final", config, total, merge=config.lora is not None)
-    summary = {"steps": total, "pairs_seen": pairs_seen, "train_pairs": len(train_set.examples),
-               "holdout_pairs": len(eval_set.examples) if eval_set else 0, "rejects": len(rejects),
-               "seconds": round(time.perf_counter() - started, 3), "final": result.metrics[-1] if result.metrics else None}
+        save_model(model, run.tokenizer, run_dir / "final", config, total, merge=config.lora is not None)
+    summary = {"steps": total, "pairs_seen": pairs_seen, "train_pairs": len(run.train_set.examples),
+               "holdout_pairs": len(run.eval_set.examples) if run.eval_set else 0, "rejects": len(run.rejects),
+               "seconds": round(time.perf_counter() - run.started, 3), "final": result.metrics[-1] if result.metrics else None}
     write_bytes_atomic(json.dumps(summary, indent=2).encode(), run_dir / "summary.json")
     return result
+
+
+def optimizer_step(run: PreparedRun, stream: Iterator[dict[str, Any]],
+                   step: int) -> tuple[float, list[dict[str, Tensor]], Tensor, int]:
+    """One optimizer step: `grad_accum` micro-batches, clip, step. Returns the learning rate, the
+    micro-batches' metrics (device tensors), the gradient norm and the pairs seen."""
+    config = run.config
+    lr = lr_at(step, peak=config.lr, total=run.total, warmup=run.warmup, min_ratio=config.min_lr_ratio)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    step_metrics: list[dict[str, Tensor]] = []
+    pairs = 0
+    for _ in range(config.grad_accum):
+        batch = next(stream)
+        with autocast(config.precision, run.device):
+            loss, metrics = batch_loss(run.model, batch, run.reference, **run.loss_args)
+        (loss / config.grad_accum).backward()  # average over micro-batches
+        step_metrics.append(metrics)
+        pairs += batch["n_pairs"]
+    max_norm = config.max_grad_norm if config.max_grad_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, max_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr, step_metrics, grad_norm, pairs
 
 
 def _progress(enabled: bool):

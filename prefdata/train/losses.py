@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from prefdata.train.citations import CITATIONS
+from prefdata.citations import CITATIONS
 from prefdata.types import LossType
 
 CITATION = "\n\n".join(CITATIONS.values())

@@ -15,7 +15,7 @@ from prefdata.engines.transformers_engine import TransformersEngine
 from prefdata.filters.ches import ChesConfig, ChesFilterConfig, ChesFilterStage, ChesStage, ches_scores
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.registry import STAGES
-from prefdata.train.data import tokenize_pair
+from prefdata.schemas.formats import tokenize_pair
 
 from ..conftest import FIXTURES
 
@@ -223,7 +223,7 @@ def test_share_rules_are_whole_input_unless_per_shard():
 @pytest.mark.realdata
 def test_build_scores_then_decides(hf_engine, shared_data, tmp_path):
     """A recipe that scores and decides on real HH-RLHF pairs: columns, drops and stats."""
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
 
     recipe = {"name": "ches", "source": {"path": str(shared_data / "hh_rlhf_harmless_test_1312.jsonl"), "kind": "hh", "limit": 10},
               "stages": [{"type": "ches"}, {"type": "ches_filter", "share": 0.3}], "output": {"dir": str(tmp_path / "out")}}

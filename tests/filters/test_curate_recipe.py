@@ -9,7 +9,7 @@ import tomllib
 import pyarrow.parquet as pq
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.schemas.readers import read_pairs
 from prefdata.types import SourceKind
 from tests.conftest import REPO

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefdata.build import BuildResult, run_build
+from prefdata.builder import BuildResult, run_build
 from tests.conftest import REPO
 
 

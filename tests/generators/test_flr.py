@@ -64,7 +64,7 @@ def test_example_recipe_builds_real_pairs(hf_engine, shared_data, tmp_path, monk
     """examples/flr_pairs.toml on 2 real prompts (shorter samples; the test's engine is transformers)."""
     import json
 
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
     from prefdata.recipe import load_recipe
 
     monkeypatch.setenv("PREFDATA_DATA", str(shared_data))

@@ -153,7 +153,7 @@ def test_helpers():
 
 @pytest.mark.realdata
 def test_real_engine_sampled_prompts_end_to_end(hf_engine, shared_data, tmp_path):
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
 
     recipe = {
         "name": "hindsight_test",

@@ -20,9 +20,9 @@ from prefdata.generators.rationale import (
     trim_to_sentence,
 )
 from prefdata.pipeline.context import BuildContext, EnginePool
+from prefdata.schemas.formats import rationale_prompt
 from prefdata.schemas.pair import pair_schema
 from prefdata.schemas.readers import INPUT_METADATA_TYPE
-from prefdata.train.data import rationale_prompt
 from tests.generators.shipped import build_shipped
 
 from ..test_trl_compat import dpo_one_step
@@ -181,7 +181,7 @@ def test_trim_to_sentence():
 
 @pytest.mark.realdata
 def test_real_engine_on_hh_pairs_trains_in_trl(hf_engine, shared_data, tmp_path):
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
 
     recipe = {
         "name": "rationale_test",

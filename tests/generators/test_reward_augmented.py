@@ -133,7 +133,7 @@ def test_example_recipe_on_alpaca_eval(shared_data, tmp_path, monkeypatch):
     """examples/reward_augmented.toml: AlpacaEval best vs worst completion, rescaled, two copies each."""
     import json
 
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
 
     monkeypatch.setenv("PREFDATA_DATA", str(shared_data))
     result = run_build("examples/reward_augmented.toml", limit=20, output=tmp_path / "out")

@@ -204,7 +204,7 @@ def test_step_helpers():
 def test_real_engine_five_gsm8k_questions_end_to_end(hf_engine, shared_data, tmp_path):
     """The embedded model on 5 GSM8K questions, plus other models' real solutions (so the
     full-solution path has correct and incorrect candidates): pairs, drop counts in stats.json."""
-    from prefdata.build import run_build
+    from prefdata.builder import run_build
 
     recipe = {
         "name": "rise_test",

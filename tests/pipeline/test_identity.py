@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.engines.config import EngineConfig
 from prefdata.engines.embedded import provision_smollm2
 from prefdata.engines.identity import config_identity, folder_fingerprint, model_identity

@@ -17,11 +17,10 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from prefdata.build import resolve_recipe, run_build
+from prefdata.builder import resolve_recipe, run_build
 from prefdata.cli import app
-from prefdata.pipeline.executor import ExecutorConfig, StageResources
 from prefdata.pipeline.ray_executor import KILL_SHARD_ENV, ShardFailed
-from prefdata.recipe import RecipeError, load_recipe, parse_recipe
+from prefdata.recipe import ExecutorConfig, RecipeError, StageResources, load_recipe, parse_recipe
 from prefdata.types import ExecutorKind
 
 from ..conftest import FIXTURES, REPO

@@ -2,7 +2,7 @@
 
 Each build runs in a subprocess with the embedded SmolLM2 (transformers, float32: the fast CPU
 engine; one test uses vLLM, the quickstart's engine). `PREFDATA_KILL_AT` makes the process
-SIGKILL itself at a named point (`prefdata.pipeline.faults`). One uninterrupted reference run
+SIGKILL itself at a named point (`prefdata.faults`). One uninterrupted reference run
 is shared by every kill point.
 """
 

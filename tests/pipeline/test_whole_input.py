@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from prefdata.builder import job_for, make_executor
 from prefdata.pipeline.checkpoint import CHECKPOINT_DIR
 from prefdata.pipeline.context import BuildContext, EnginePool
-from prefdata.pipeline.executor import BuildJob, make_executor
 from prefdata.pipeline.stage import ChainError, WholeInputStage, check_chain
 from prefdata.recipe import parse_recipe
 from prefdata.registry import make_stage
@@ -86,7 +86,7 @@ def run(table: pa.Table, out: Path, shard_size: int, stages=STAGES, executor: st
     built = [make_stage(config) for config in recipe.stages]
     check_chain(built, table.column_names)
     out.mkdir(parents=True, exist_ok=True)
-    job = BuildJob(recipe=recipe, table=table, stages=built, out_dir=out, use_cache=False)
+    job = job_for(recipe, table, built, out, use_cache=False)
     return make_executor(recipe.executor).run(job).result
 
 

@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.card import config_section
 from prefdata.recipe import RecipeError, parse_recipe
 from prefdata.schemas.presets import PRESETS

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.recipe import RecipeError, parse_recipe
 from prefdata.schemas.sources import ChunkReader, mix_counts, read_mix, read_one
 
@@ -117,7 +117,7 @@ def read_out(out):
 
 
 def test_streamed_build_processes_shard_by_shard_with_the_same_output(tmp_path, monkeypatch):
-    import prefdata.build as build_module
+    import prefdata.builder as build_module
     from prefdata.schemas.sources import StreamedSource
 
     path = pairs_file(tmp_path / "big.jsonl", 1000, "Q")

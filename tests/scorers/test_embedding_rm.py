@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.schemas.readers import read_pairs
 from prefdata.scorers.embedding_rm import (

@@ -9,10 +9,11 @@ from collections import Counter
 import pyarrow as pa
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.card import method_citations
 from prefdata.pipeline.context import BuildContext, EnginePool
-from prefdata.registry import STAGES
+from prefdata.recipe import parse_recipe
+from prefdata.registry import STAGES, make_stage
 from prefdata.schemas.readers import read_pairs
 from prefdata.scorers import VerifierConfig
 from prefdata.scorers.base import PairScorer, PairScoreResult, PointwisePairs
@@ -177,7 +178,8 @@ def test_pointwise_members_are_adapted_and_cited():
     assert isinstance(stage.members[0], PointwisePairs) and stage.members[1].name == "pairwise_judge"
     recipe = {"source": {"path": "x.jsonl", "kind": "pairs"}, "stages": [{"type": "score", "members": [
         {"type": "judge"}, {"type": "pairwise_judge"}, {"type": "reward_model", "model": "some/rm"}]}]}
-    cited = {(m.kind, m.name): m for m in method_citations(recipe)}
+    stages = [make_stage(config) for config in parse_recipe(recipe).stages]
+    cited = {(m.kind, m.name): m for m in method_citations(stages)}
     assert {("stage", "score"), ("scorer", "judge"), ("scorer", "pairwise_judge"), ("scorer", "reward_model")} <= set(cited)
     assert "zheng2023judging" in cited[("scorer", "judge")].bibtex
     assert "ouyang2022training" in cited[("scorer", "reward_model")].bibtex

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefdata.build import run_build
+from prefdata.builder import run_build
 
 from ..conftest import FIXTURES
 

@@ -9,6 +9,7 @@ import pytest
 
 import prefdata
 from prefdata.engines.chat import ChatFormatter
+from prefdata.schemas.formats import rationale_prompt, tokenize_pair
 from prefdata.train.config import TrainConfig, TrainError, read_flip_rate
 from prefdata.train.data import (
     EncodeSpec,
@@ -16,8 +17,6 @@ from prefdata.train.data import (
     encode_pairs,
     in_holdout,
     load_pairs,
-    rationale_prompt,
-    tokenize_pair,
 )
 
 PROMPT = [{"role": "user", "content": "What is 12 times 12?"}]

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import prefdata
-from prefdata.build import run_build
+from prefdata.builder import run_build
 from prefdata.engines import EngineConfig, load_engine
 from prefdata.train import TrainConfig, TrainError, train
 from prefdata.train.data import EncodeSpec, collate, encode_pairs
-from prefdata.train.loop import model_reference
+from prefdata.train.logps import model_reference
 
 from ..conftest import FIXTURES
 

@@ -13,7 +13,8 @@ import torch
 
 import prefdata
 from prefdata.train.data import EncodeSpec, collate, encode_pairs
-from prefdata.train.loop import batch_loss, columns_reference
+from prefdata.train.logps import columns_reference
+from prefdata.train.loop import batch_loss
 from prefdata.types import LossType
 
 from .conftest import make_tiny_llama

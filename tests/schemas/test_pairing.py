@@ -8,7 +8,7 @@ from itertools import permutations
 
 import pytest
 
-from prefdata.generators.pairing import Pair, make_pairs
+from prefdata.schemas.pairing import Pair, make_pairs
 from prefdata.types import PairingStrategy
 
 STRATEGIES = [s.value for s in PairingStrategy]

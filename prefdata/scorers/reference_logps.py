@@ -8,7 +8,7 @@ the dataset instead of a cache file).
 
 Reads `id`, `prompt`, `chosen`, `rejected`. Adds:
 * `ref_chosen_logps`, `ref_rejected_logps` (float64): sum over response tokens of log ref(y_t | x, y_<t),
-  with the tokens the trainer uses (`prefdata.train.data.tokenize_pair`: TRL's rule, the chat
+  with the tokens the trainer uses (`prefdata.schemas.formats.tokenize_pair`: TRL's rule, the chat
   template's end-of-turn tokens included);
 * `ref_logps_model` (string): the engine's model, which the trainer checks against its reference.
 
@@ -26,12 +26,12 @@ from typing import ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefdata.citations import CITATIONS
 from prefdata.engines.chat import ChatFormatter
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.stage import EngineStage, StageOutput
+from prefdata.schemas.formats import REF_CHOSEN, REF_MODEL, REF_REJECTED, tokenize_pair
 from prefdata.schemas.pair import put_column
-from prefdata.train.citations import CITATIONS
-from prefdata.train.data import REF_CHOSEN, REF_MODEL, REF_REJECTED, tokenize_pair
 
 CITATION = CITATIONS["dpo"]
 

@@ -2,8 +2,9 @@
 
 The output folder holds `data/train-*.parquet` (the pairs), `rejects.parquet` (every row set
 aside, with stage, file, row, field and reason), `recipe.json` (the resolved recipe) and
-`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used, and the
-dataset-level `estimates` stages contribute, e.g. `estimates.flip_rate` from the noise filter).
+`stats.json` (rows in/out per stage, drops by reason, counters, timings, engines used, the
+methods run with their citations (`methods`, which the dataset card cites), and the dataset-level
+`estimates` stages contribute, e.g. `estimates.flip_rate` from the noise filter).
 Build state lives in `.prefdata/` (stage checkpoints per shard, the request cache): run the same
 command again after a crash and it resumes (`prefdata.pipeline.checkpoint`, `prefdata.engines.cache`).
 """
@@ -16,17 +17,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prefdata import __version__
+import pyarrow as pa
+
+from prefdata._version import __version__
+from prefdata.card import method_citations
 from prefdata.engines.base import Engine
 from prefdata.pipeline.context import BuildProgress
-from prefdata.pipeline.executor import BuildJob, make_executor
+from prefdata.pipeline.executor import BuildJob, Executor, LocalExecutor, RunSettings
 from prefdata.pipeline.local import ExecutionResult
-from prefdata.pipeline.stage import ChainError, check_chain
-from prefdata.recipe import Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
+from prefdata.pipeline.stage import ChainError, Stage, check_chain
+from prefdata.recipe import ExecutorConfig, Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
 from prefdata.registry import make_stage
 from prefdata.schemas.errors import InputError, rejects_table
 from prefdata.schemas.output_folder import OutputFolder, check_output_folder
@@ -154,6 +158,28 @@ def planned_shards(out_dir: Path, rows: int, shard_size: int) -> list[Path]:
     return [shard_path(out_dir, index) for index in range(count)]
 
 
+def make_executor(config: ExecutorConfig) -> Executor:
+    """The executor the recipe's `[executor]` table names."""
+    if config.kind == ExecutorKind.RAY:
+        from prefdata.pipeline.ray_executor import (
+            RayExecutor,  # ray is an optional extra: imported when asked
+        )
+
+        return RayExecutor(config)
+    return LocalExecutor()
+
+
+def job_for(recipe: Recipe, table: pa.Table | None, stages: list[Stage], out_dir: Path, use_cache: bool,
+            **kwargs: Any) -> BuildJob:
+    """The executor's job for a recipe: the run settings it needs (seed, shard size, engines,
+    checkpoints, cache size) and, for workers that build their own stages, the stage configs and the
+    registry's factory. Executors never see the recipe. `kwargs` are `BuildJob`'s other fields."""
+    settings = RunSettings(seed=recipe.seed, shard_size=recipe.output.shard_size, engines=recipe.engines,
+                           checkpoints=recipe.output.checkpoints, cache_max_gib=recipe.output.cache_max_gib)
+    return BuildJob(settings=settings, table=table, stages=stages, out_dir=out_dir, use_cache=use_cache,
+                    stage_configs=list(recipe.stages), stage_factory=make_stage, **kwargs)
+
+
 def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = None, output: str | Path | None = None,
               limit: int | None = None, engines: dict[str, Engine] | None = None,
               on_shard=None, cache: bool | None = None, executor: ExecutorKind | str | None = None,
@@ -194,10 +220,10 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
         if streamed is None:
             folder.will_write(planned_shards(out_dir, source.table.num_rows, recipe.output.shard_size))
         folder.will_write([out_dir / REJECTS_FILE, out_dir / STATS_FILE, out_dir / RECIPE_FILE])
-        job = BuildJob(recipe=recipe, table=source.table if streamed is None else None, stages=stages, out_dir=out_dir,
-                       use_cache=use_cache, engines=engines or {}, on_shard=on_shard, progress=progress,
-                       shards=_listed(streamed.shards, folder, out_dir) if streamed else None,
-                       input_rows=streamed.input_rows if streamed else None)
+        job = job_for(recipe, source.table if streamed is None else None, stages, out_dir, use_cache,
+                      engines=engines or {}, on_shard=on_shard, progress=progress,
+                      shards=_listed(streamed.shards, folder, out_dir) if streamed else None,
+                      input_rows=streamed.input_rows if streamed else None)
         with capture(out_dir) if capture is not None else contextlib.nullcontext():
             outcome = make_executor(recipe.executor).run(job)
         if streamed is not None:
@@ -210,6 +236,7 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
         stats["resumed"] = result.resumed
         stats["request_cache"] = outcome.request_cache
         stats["executor"] = recipe.executor.kind.value
+        stats["methods"] = [asdict(method) for method in method_citations(stages)]  # the card cites them
         estimates = combined_estimates(stages, result)
         if estimates:
             stats["estimates"] = estimates

@@ -1,4 +1,5 @@
-"""BibTeX of the papers behind the trainer's losses (kept free of torch so the build registry stays light)."""
+"""BibTeX of the papers behind the trainer's losses and the stages that share them (DPO: the implicit reward,
+the reference log-probs); a leaf module, free of torch, so any layer may cite from it."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Generators: stages that make (chosen, rejected) pairs from prompts, one module per method."""

@@ -1,0 +1,1 @@
+"""Build-pipeline machinery: the stage contract, build context, executors and checkpoints."""
