@@ -31,6 +31,7 @@ Decisions:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import signal
@@ -63,6 +64,9 @@ RUNNING_DIR = f"{STATE_DIR}/ray/running"
 # Test-only: "<stage position>:<shard>[:<marker file>]" makes the actor running that stage on that
 # shard SIGKILL itself; with a marker file only once (the file records that it happened).
 KILL_SHARD_ENV = "PREFDATA_RAY_KILL_SHARD"
+# Test-only, with KILL_SHARD_ENV: a glob the dying actor waits for first (at most 120 s), e.g. another
+# shard's checkpoint, so a test does not depend on which of two parallel shards ends first.
+KILL_AFTER_ENV = "PREFDATA_RAY_KILL_AFTER"
 FORWARDED_ENV_PREFIXES = ("PREFDATA_", "HF_", "TRANSFORMERS_", "VLLM_")
 
 ENVELOPE = pa.schema([
@@ -146,6 +150,10 @@ def _kill_hook(position: int, index: int) -> None:
         if flag.exists():
             return
         flag.write_text(str(os.getpid()))
+    after = os.environ.get(KILL_AFTER_ENV)
+    deadline = time.monotonic() + 120
+    while after and not glob.glob(after) and time.monotonic() < deadline:
+        time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from prefdata.builder import resolve_recipe, run_build
 from prefdata.cli import app
-from prefdata.pipeline.ray_executor import KILL_SHARD_ENV, ShardFailed
+from prefdata.pipeline.ray_executor import KILL_AFTER_ENV, KILL_SHARD_ENV, ShardFailed
 from prefdata.recipe import ExecutorConfig, RecipeError, StageResources, load_recipe, parse_recipe
 from prefdata.types import ExecutorKind
 
@@ -99,12 +99,16 @@ def test_killed_worker_is_retried_and_the_output_is_unchanged(ray_cluster, refer
 def test_spent_retries_name_the_shard_and_the_rerun_resumes(ray_cluster, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     monkeypatch.setenv(KILL_SHARD_ENV, "0:1")  # every attempt on shard 1 dies
+    # ... once shard 0 has its stage checkpoint: on a loaded machine shard 1's attempts could
+    # otherwise be spent before shard 0 (running in parallel) finishes
+    monkeypatch.setenv(KILL_AFTER_ENV, str(out / ".prefdata" / "checkpoints" / "*" / "shard-00000-*.json"))
     with pytest.raises(ShardFailed, match=r"shard 1 failed in stage 0 \(on_policy\) after 2 attempts") as failed:
         run_build(quickstart(out, max_retries=1))
     assert "finished shards are kept" in str(failed.value)
     assert not (out / "stats.json").exists()  # the build did not pretend to finish
     # Shard 0 finished: its stage checkpoint is kept, and the rerun takes it and runs shard 1 only.
     monkeypatch.delenv(KILL_SHARD_ENV)
+    monkeypatch.delenv(KILL_AFTER_ENV)
     rerun = run_build(quickstart(out))
     assert rerun.stats["resumed"] == {"shards": 1, "stages": 1}
     assert pairs(out) == pairs(reference.out_dir)
