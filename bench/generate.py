@@ -1,6 +1,6 @@
 """Generation throughput: prefdata's engines next to bare vLLM and bare transformers, same prompts.
 
-    python bench/generate.py [--prompts 96] [--n 4] [--max-tokens 128] [--skip-transformers]
+    python bench/generate.py [--prompts 32] [--n 4] [--max-tokens 128] [--skip-transformers]
 
 Prints tokens/s of generated tokens for each path, and the ratios to bare vLLM, from one run
 (this machine is noisy: compare ratios within a run, not numbers across runs). The two vLLM
@@ -21,7 +21,7 @@ from _common import DATA, timed  # noqa: E402, I001 - puts the repository on sys
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", type=int, default=96, help="OASST prompts (96: two engine chunks in a build)")
+    parser.add_argument("--prompts", type=int, default=32, help="OASST prompts (over --chunk: several engine calls in a build)")
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=64, help="prompts per engine call in a build (CachedEngine's chunk)")
