@@ -296,9 +296,9 @@ class DedupStage(WholeInputStage):
         drop_rows = [row for row, group in enumerate(groups) if group in dropped]
         rejects = []
         if drop_rows:
-            rows = table.drop_columns([n for n in self.scratch if n in table.column_names])
+            as_read = table.drop_columns([n for n in self.scratch if n in table.column_names])
             ids = table.column("id").take(pa.array(drop_rows, type=pa.int64())).to_pylist()
-            for row, row_id, payload in zip(drop_rows, ids, row_payloads(rows, drop_rows)):
+            for row, row_id, payload in zip(drop_rows, ids, row_payloads(as_read, drop_rows)):
                 reason, detail = dropped[groups[row]]
                 rejects.append(Reject(stage=self.name, reason=RejectReason(reason), detail=detail, row_id=row_id,
                                       field="prompt", payload=payload))
@@ -359,9 +359,9 @@ def near_duplicates(vectors: np.ndarray, threshold: float, block: int = 1024) ->
 
 def knn(vectors: np.ndarray, k: int, probes: int = 16, batch: int = 65536) -> np.ndarray:
     """Neighbours [n, k] (int32; -1 where fewer than k were found) of every vector from an IVF index
-    (faiss-cpu `IndexIVFScalarQuantizer`, 8-bit, inner product on unit vectors): about 4 sqrt(n) lists trained by
-    10 rounds of k-means on a seeded sample of 40 vectors per list, `probes` lists searched per vector. The index's own scores are
-    dropped: callers verify every candidate exactly."""
+    (faiss-cpu `IndexIVFScalarQuantizer`, 8-bit, inner product on unit vectors): about 4 sqrt(n)
+    lists trained by 10 rounds of k-means on a seeded sample of 40 vectors per list, `probes`
+    lists searched per vector. The index's own scores are dropped: callers verify every candidate."""
     import faiss
 
     n, dim = vectors.shape
