@@ -61,11 +61,11 @@ from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
 from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
 
 RUNNING_DIR = f"{STATE_DIR}/ray/running"
-# Test-only: "<stage position>:<shard>[:<marker file>]" makes the actor running that stage on that
+# Test-only: "<stage position>:<shard or *>[:<marker file>]" makes the actor running that stage on that
 # shard SIGKILL itself; with a marker file only once (the file records that it happened).
 KILL_SHARD_ENV = "PREFDATA_RAY_KILL_SHARD"
-# Test-only, with KILL_SHARD_ENV: a glob the dying actor waits for first (at most 120 s), e.g. another
-# shard's checkpoint, so a test does not depend on which of two parallel shards ends first.
+# Test-only, with KILL_SHARD_ENV: the actor dies only once a file matching this glob exists for another
+# shard (e.g. its checkpoint), so a test does not depend on the order Ray runs the shards in.
 KILL_AFTER_ENV = "PREFDATA_RAY_KILL_AFTER"
 FORWARDED_ENV_PREFIXES = ("PREFDATA_", "HF_", "TRANSFORMERS_", "VLLM_")
 
@@ -143,17 +143,16 @@ def _kill_hook(position: int, index: int) -> None:
     if not spec:
         return
     stage, shard, *marker = spec.split(":", 2)
-    if (int(stage), int(shard)) != (position, index):
+    if int(stage) != position or shard not in ("*", str(index)):
+        return
+    after = os.environ.get(KILL_AFTER_ENV)
+    if after and not [p for p in glob.glob(after) if f"shard-{index:05d}-" not in Path(p).name]:
         return
     if marker:
         flag = Path(marker[0])
         if flag.exists():
             return
         flag.write_text(str(os.getpid()))
-    after = os.environ.get(KILL_AFTER_ENV)
-    deadline = time.monotonic() + 120
-    while after and not glob.glob(after) and time.monotonic() < deadline:
-        time.sleep(0.2)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
