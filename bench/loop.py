@@ -1,6 +1,6 @@
 """The closed loop: raw pairs -> curation -> DPO -> held-out metrics, for five arms on one budget.
 
-    python bench/loop.py [--train 48] [--heldout 48] [--fit 200] [--seeds 1] [--out out/bench_loop]
+    python bench/loop.py [--train 256] [--heldout 160] [--fit 200] [--steps 32] [--seeds 2] [--out out/bench_loop]
 
 Data: HH-RLHF harmless pairs ($PREFDATA_TEST_DATA or ../shared/data), those whose prompt+response
 fits `--max-length` tokens, shuffled once (seed 0) and split into a fixed train split, a fixed
@@ -324,17 +324,17 @@ def plot(before: dict, runs: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=48, help="train pairs")
-    parser.add_argument("--heldout", type=int, default=48, help="held-out pairs")
+    parser.add_argument("--train", type=int, default=256, help="train pairs")
+    parser.add_argument("--heldout", type=int, default=160, help="held-out pairs")
     parser.add_argument("--fit", type=int, default=200, help="separate pairs the embedding RM is fitted on")
     parser.add_argument("--max-length", type=int, default=160, help="longest prompt+response in tokens (shorter pairs only)")
     parser.add_argument("--layers", type=int, default=4, help="trainable top decoder layers")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--noise", type=float, default=0.2)
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--out", default="out/bench_loop")
     args = parser.parse_args()
