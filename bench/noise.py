@@ -91,40 +91,46 @@ def run(args: argparse.Namespace) -> dict:
     results = {"pairs": n, "eval_pairs": m, "fit_pairs": int(len(fit_rows)), "gold_pairs": int(len(gold_rows)),
                "embed_seconds": round(embed_s, 1), "separate_oof_accuracy": float(correct.mean()), "rates": {}}
     for rate in RATES:
-        flip = np.zeros(m, bool)
-        flip[flip_order[: round(rate * m)]] = True
+        flip = flip_mask(flip_order, rate)
         noisy = subset(pairs, eval_rows, flip)
         gold = pl.DataFrame({"key": [noisy.ids[i] for i in gold_rows], "correct": [not flip[i] for i in gold_rows]})
         row = {}
         margins = separate.cross_fit(noisy).margins
-        frame = pa.table({"id": noisy.ids, "prompt_id": noisy.ids, "member_margins": margins.tolist()})
-        row["separate"] = estimate_flip_rate(frame, config, None, calibration)[0]["estimators"]
+        row["separate"] = separate_estimators(noisy, margins, calibration, config)
         crossed = EmbeddingRewardModel(members=5, folds=5).fit(noisy).cross_fit(noisy).margins
         frame = pa.table({"id": noisy.ids, "prompt_id": noisy.ids, "member_margins": crossed.tolist()})
         row["cross-fitted"] = estimate_flip_rate(frame, config, gold)[0]["estimators"]
         row["cross_fitted_accuracy_vs_truth"] = float(np.mean((np.nanmean(crossed, 1) > 0) != flip))
         row["separate_accuracy_vs_truth"] = float(np.mean((np.nanmean(margins, 1) > 0) != flip))
         results["rates"][str(rate)] = row
-    results["draws"] = separate_draws(separate, pairs, eval_rows, flip_order, calibration, config, args.draws)
+    results["draws"] = separate_draws(separate, pairs, eval_rows, results["rates"], calibration, config, args.draws)
     return results
 
 
-def separate_draws(model: EmbeddingRewardModel, pairs: PairEmbeddings, eval_rows: np.ndarray, first: np.ndarray,
+def flip_mask(order: np.ndarray, rate: float) -> np.ndarray:
+    """The first `rate` share of `order` flipped (nested sets across rates for one order)."""
+    flip = np.zeros(len(order), bool)
+    flip[order[: round(rate * len(order))]] = True
+    return flip
+
+
+def separate_estimators(noisy: PairEmbeddings, margins: np.ndarray, calibration: dict, config: NoiseConfig) -> dict:
+    frame = pa.table({"id": noisy.ids, "prompt_id": noisy.ids, "member_margins": margins.tolist()})
+    return estimate_flip_rate(frame, config, None, calibration)[0]["estimators"]
+
+
+def separate_draws(model: EmbeddingRewardModel, pairs: PairEmbeddings, eval_rows: np.ndarray, first: dict,
                    calibration: dict, config: NoiseConfig, draws: int) -> dict:
-    """The separate setting over `draws` independent flip draws per rate (draw 0 is the table's):
-    one draw's estimate carries the luck of which labels were flipped; the spread shows it."""
-    m = len(eval_rows)
-    found: dict[str, list[dict]] = {}
-    for draw in range(draws):
-        order = first if draw == 0 else np.random.default_rng(100 + draw).permutation(m)
+    """The separate setting over `draws` independent flip draws per rate: draw 0 is the table's (`first`,
+    run()'s results by rate), the others fresh; one draw's estimate carries the luck of which labels
+    were flipped, the spread shows it."""
+    found = {str(rate): [{k: v.get("epsilon") for k, v in first[str(rate)]["separate"].items()}] for rate in RATES[1:]}
+    for draw in range(1, draws):
+        order = np.random.default_rng(100 + draw).permutation(len(eval_rows))
         for rate in RATES[1:]:
-            flip = np.zeros(m, bool)
-            flip[order[: round(rate * m)]] = True
-            noisy = subset(pairs, eval_rows, flip)
-            frame = pa.table({"id": noisy.ids, "prompt_id": noisy.ids,
-                              "member_margins": model.cross_fit(noisy).margins.tolist()})
-            estimators = estimate_flip_rate(frame, config, None, calibration)[0]["estimators"]
-            found.setdefault(str(rate), []).append({k: v.get("epsilon") for k, v in estimators.items()})
+            noisy = subset(pairs, eval_rows, flip_mask(order, rate))
+            estimators = separate_estimators(noisy, model.cross_fit(noisy).margins, calibration, config)
+            found[str(rate)].append({k: v.get("epsilon") for k, v in estimators.items()})
     return found
 
 
