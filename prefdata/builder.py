@@ -32,7 +32,7 @@ from prefdata.pipeline.local import ExecutionResult
 from prefdata.pipeline.stage import ChainError, Stage, check_chain
 from prefdata.recipe import ExecutorConfig, Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
 from prefdata.registry import make_stage
-from prefdata.schemas.errors import InputError, rejects_table
+from prefdata.schemas.errors import InputError
 from prefdata.schemas.output_folder import OutputFolder, check_output_folder
 from prefdata.schemas.pair import SCHEMA_VERSION
 from prefdata.schemas.readers import ReadResult, read_pairs, read_prompts
@@ -45,7 +45,7 @@ from prefdata.schemas.sources import (
     read_mix,
     read_one,
 )
-from prefdata.schemas.writers import load_dataset_dir, shard_path, write_bytes_atomic, write_parquet_atomic
+from prefdata.schemas.writers import load_dataset_dir, shard_path, write_bytes_atomic
 from prefdata.types import ExecutorKind, SourceKind
 
 STATS_FILE, RECIPE_FILE, REJECTS_FILE = "stats.json", "recipe.json", "rejects.parquet"
@@ -230,8 +230,8 @@ def run_build(recipe: Recipe | str | Path | dict, *, input: str | Path | None = 
             source = streamed.result()
         result, engine_ids, setup_seconds = outcome.result, outcome.engines, outcome.setup_seconds
         folder.keep_only(result.shards)  # stale shards of an earlier, larger build in this folder
-        rejects = source.rejects + result.rejects
-        write_parquet_atomic(rejects_table(rejects), out_dir / REJECTS_FILE)
+        result.rejects.write(out_dir / REJECTS_FILE, before=source.rejects)  # streamed from the spilled parts
+        result.rejects.close()
         stats = _stats(recipe, source, result, engine_ids, setup_seconds, time.perf_counter() - started)
         stats["resumed"] = result.resumed
         stats["request_cache"] = outcome.request_cache

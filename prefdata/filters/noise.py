@@ -32,11 +32,12 @@ the primary estimate (`method`; default `calibrated` when a held-out accuracy is
 under `estimators` (an estimator that could not run says why under `error`).
 
 **Where the accuracy comes from.** An `embedding_rm` stage fitted on `train_path` scores every
-pair of that file out of fold, and records in the build context (`ctx.info["judge_calibration"]`)
-which pairs its vote got right and which positions of `member_margins` are its members; the noise
-stage reads it there (local executor and `prefdata.api`; a Ray worker holds one stage, so there
-`calibrated` needs a gold file). Without `train_path` the heads are fitted on the labels being
-judged, so their out-of-fold accuracy is agreement with those labels, not accuracy: no calibration.
+pair of that file out of fold and publishes, with its fit (`WholeInputStage.publish`), which pairs
+its vote got right and which positions of `member_margins` are its members. The executors hand it
+to this stage's fit (`ctx.info["judge_calibration"]`) wherever the fit runs (local, Ray's driver,
+`prefdata.api`) and also when the embedding-RM fit comes from a checkpoint on resume. Without
+`train_path` the heads are fitted on the labels being judged, so their out-of-fold accuracy is
+agreement with those labels, not accuracy: no calibration.
 
 **Decisions.**
 - Estimates are clipped to [0, 0.499] (the rDPO loss needs eps < 1/2) and the interval is widened
@@ -64,7 +65,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefdata.filters.voting import MEMBER_MARGINS, STRENGTH_MEAN, STRENGTH_STD, strength
-from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.context import CALIBRATION_KEY, BuildContext
 from prefdata.pipeline.stage import StageOutput, WholeInputStage
 from prefdata.schemas.errors import InputError
 from prefdata.schemas.pair import put_column
@@ -79,7 +80,6 @@ CITATION = """@inproceedings{chowdhury2024provably,
 FLIP_PROB = "flip_prob"
 MAX_EPSILON = 0.499
 Estimator = Literal["sign", "mixture", "moments", "calibrated"]
-CALIBRATION_KEY = "judge_calibration"  # ctx.info key an accuracy-measuring scorer stage fills
 
 
 class NoiseConfig(BaseModel):

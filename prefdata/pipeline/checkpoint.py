@@ -45,10 +45,9 @@ from prefdata.faults import fault_point
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.identity import stage_fingerprint
 from prefdata.pipeline.stage import Stage, StageOutput, StageStats
-from prefdata.schemas.errors import Reject, rejects_table
+from prefdata.schemas.errors import Reject, rejects_from_table, rejects_table
 from prefdata.schemas.pair import fingerprint
 from prefdata.schemas.writers import TEMP_MARKER, read_as_built, write_bytes_atomic, write_parquet_atomic
-from prefdata.types import RejectReason
 
 STATE_DIR = ".prefdata"  # build state inside the output folder: checkpoints and the request cache
 CHECKPOINT_DIR = f"{STATE_DIR}/checkpoints"
@@ -65,11 +64,6 @@ class StageCheckpoint:
     stats: StageStats
     rejects: list[Reject]
     table_path: Path
-
-
-def _rejects_from_table(table: pa.Table) -> list[Reject]:
-    return [Reject(stage=r["stage"], reason=RejectReason(r["reason"]), detail=r["detail"], file=r["file"], row=r["row"],
-                   row_id=r["row_id"], field=r["field"], payload=r["payload"]) for r in table.to_pylist()]
 
 
 class Checkpoints:
@@ -146,7 +140,7 @@ class Checkpoints:
         if meta.get("key") != key:
             return None
         stats = StageStats.from_record(meta, name=stage)
-        rejects = _rejects_from_table(pq.read_table(base.with_suffix(".rejects.parquet")))
+        rejects = rejects_from_table(pq.read_table(base.with_suffix(".rejects.parquet")))
         self.used.update(base.with_suffix(s) for s in (".json", ".parquet", ".rejects.parquet"))
         return StageCheckpoint(stats, rejects, base.with_suffix(".parquet"))
 

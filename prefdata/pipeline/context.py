@@ -113,6 +113,11 @@ class BuildProgress(Protocol):
         from checkpoints."""
 
 
+# `BuildContext.info` key: a judge's accuracy on held-out pairs, published by the scorer stage that
+# measured it (embedding_rm on its train_path) for the noise stage's `calibrated` estimator.
+CALIBRATION_KEY = "judge_calibration"
+
+
 @dataclass
 class BuildContext:
     engines: EnginePool

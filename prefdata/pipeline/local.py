@@ -22,8 +22,8 @@ import pyarrow as pa
 from prefdata.faults import fault_point
 from prefdata.pipeline.checkpoint import Checkpoints, run_shard
 from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.rejects import RejectLog
 from prefdata.pipeline.stage import Stage, StageOutput, StageStats, WholeInputStage, fit_view, is_whole_input
-from prefdata.schemas.errors import Reject
 from prefdata.schemas.writers import read_as_built, shard_path, sort_by_id, write_parquet_atomic
 
 
@@ -38,7 +38,7 @@ def iter_shards(table: pa.Table, shard_size: int) -> Iterator[pa.Table]:
 @dataclass
 class ExecutionResult:
     stats: list[StageStats]
-    rejects: list[Reject] = field(default_factory=list)
+    rejects: RejectLog = field(default_factory=RejectLog)  # the executors spill theirs under the output folder
     shards: list[Path] = field(default_factory=list)
     rows: int = 0
     resumed: dict[str, int] = field(default_factory=lambda: {"shards": 0, "stages": 0})
@@ -48,7 +48,7 @@ def run_local(table: pa.Table | Iterable[pa.Table], stages: Sequence[Stage], ctx
               shard_size: int, on_shard: Callable[[int, int | None], None] | None = None,
               checkpoints: Checkpoints | None = None) -> ExecutionResult:
     """`table` is the whole input, or its shards one by one (a streamed input: `on_shard`'s total is None)."""
-    result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages])
+    result = ExecutionResult(stats=[StageStats(stage.name) for stage in stages], rejects=RejectLog.spilled(out_dir))
     if isinstance(table, pa.Table):
         shards: Iterable[pa.Table] = list(iter_shards(table, shard_size))
         total: int | None = len(shards)  # type: ignore[arg-type]
@@ -61,7 +61,7 @@ def run_local(table: pa.Table | Iterable[pa.Table], stages: Sequence[Stage], ctx
         done = run_shard(index, shard, stages, ctx, checkpoints)
         for position, stats in enumerate(done.stats):
             result.stats[position].merge(stats)
-        result.rejects.extend(done.rejects)
+        result.rejects.add(done.rejects, index)
         result.resumed["stages"] += done.resumed_stages
         result.resumed["shards"] += bool(stages) and done.resumed_stages == len(stages)
         path = shard_path(out_dir, index)
@@ -88,7 +88,6 @@ class _Shard:
     index: int
     table: pa.Table | Path  # a Path: the checkpoint of the last finished stage, read when needed
     next: int = 0  # position of the first stage still to run
-    rejects: list[Reject] = field(default_factory=list)
     stats: list[StageStats] = field(default_factory=list)
 
     def loaded(self) -> pa.Table:
@@ -98,7 +97,7 @@ class _Shard:
 
 
 def _resume(shard: _Shard, stages: Sequence[Stage], whole: list[bool], keys: list[str], fits: dict[int, str],
-            checkpoints: Checkpoints) -> None:
+            checkpoints: Checkpoints, rejects: RejectLog) -> None:
     """Take every stage of `shard` that has a checkpoint, stopping at a whole-input stage whose fit
     has none (its fit needs every shard's input, so every shard redoes it from there)."""
     for position, stage in enumerate(stages):
@@ -107,26 +106,26 @@ def _resume(shard: _Shard, stages: Sequence[Stage], whole: list[bool], keys: lis
         found = checkpoints.load(position, stage.name, shard.index, keys[position])
         if found is None:
             return
-        shard.rejects.extend(found.rejects)
+        rejects.add(found.rejects, shard.index)
         shard.stats.append(found.stats)
         shard.table = found.table_path
         shard.next += 1
 
 
 def _run_stage(shard: _Shard, position: int, stage: Stage, ctx: BuildContext, keys: list[list[str]] | None,
-               checkpoints: Checkpoints | None) -> None:
+               checkpoints: Checkpoints | None, rejects: RejectLog) -> None:
     out, stats = stage.run(shard.loaded(), ctx)
-    _commit(shard, position, stage, out, stats, keys, checkpoints)
+    _commit(shard, position, stage, out, stats, keys, checkpoints, rejects)
 
 
 def _commit(shard: _Shard, position: int, stage: Stage, out: StageOutput, stats: StageStats,
-            keys: list[list[str]] | None, checkpoints: Checkpoints | None) -> None:
+            keys: list[list[str]] | None, checkpoints: Checkpoints | None, rejects: RejectLog) -> None:
     """A stage finished on a shard: checkpoint it, then move the shard past it."""
     if checkpoints is not None:
         checkpoints.save(position, stage.name, shard.index, keys[shard.index][position], out, stats)
         fault_point("stage_done")
     shard.table, shard.next = out.table, position + 1
-    shard.rejects.extend(out.rejects)
+    rejects.add(out.rejects, shard.index)
     shard.stats.append(stats)
 
 
@@ -138,14 +137,14 @@ def _run_with_barriers(tables: list[pa.Table], stages: Sequence[Stage], ctx: Bui
     keys, fits = checkpoints.chain(tables, whole) if checkpoints is not None else (None, {})
     if checkpoints is not None:
         for shard in shards:
-            _resume(shard, stages, whole, keys[shard.index], fits, checkpoints)
+            _resume(shard, stages, whole, keys[shard.index], fits, checkpoints, result.rejects)
             result.resumed["stages"] += shard.next
             result.resumed["shards"] += shard.next == len(stages)
     start = 0
     for bound in [p for p, w in enumerate(whole) if w] + [len(stages)]:
         for shard in shards:
             for position in range(max(shard.next, start), bound):
-                _run_stage(shard, position, stages[position], ctx, keys, checkpoints)
+                _run_stage(shard, position, stages[position], ctx, keys, checkpoints, result.rejects)
             if bound == len(stages):
                 _finish(shard, out_dir, result, on_shard, len(shards))
         if bound < len(stages):
@@ -154,7 +153,6 @@ def _run_with_barriers(tables: list[pa.Table], stages: Sequence[Stage], ctx: Bui
     for shard in shards:
         for position, stats in enumerate(shard.stats):
             result.stats[position].merge(stats)
-        result.rejects.extend(shard.rejects)
     return result
 
 
@@ -177,11 +175,12 @@ def _barrier(shards: list[_Shard], position: int, stage: WholeInputStage, ctx: B
         if checkpoints is not None:
             checkpoints.save_fit(position, stage.name, fits[position], fitted, fit_stats)
         fault_point("fit_done")
+    ctx.info.update(stage.publish(fitted))  # for later fits, fresh or checkpointed alike
     result.stats[position].merge(fit_stats)
     for shard in pending:
         score_out, score_stats = scored.pop(shard.index)
         out, apply_stats = stage.run_apply(score_out.table, fitted, ctx)
-        _commit(shard, position, stage, out, join_phases(score_stats, apply_stats), keys, checkpoints)
+        _commit(shard, position, stage, out, join_phases(score_stats, apply_stats), keys, checkpoints, result.rejects)
 
 
 def _finish(shard: _Shard, out_dir: Path, result: ExecutionResult, on_shard: Callable[[int, int], None] | None,

@@ -45,7 +45,7 @@ from typing import Any
 import pyarrow as pa
 
 from prefdata.faults import fault_point
-from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints, _rejects_from_table
+from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.pipeline.executor import (
     BuildJob,
@@ -56,8 +56,9 @@ from prefdata.pipeline.executor import (
     engine_pool,
 )
 from prefdata.pipeline.local import ExecutionResult, join_phases
+from prefdata.pipeline.rejects import RejectLog
 from prefdata.pipeline.stage import Stage, StageStats, is_whole_input
-from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
+from prefdata.schemas.errors import PrefdataError, rejects_table
 from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
 
 RUNNING_DIR = f"{STATE_DIR}/ray/running"
@@ -315,15 +316,21 @@ class _RayRun:
         self.chain, self.fits = (checkpoints.chain(self.shards, self.whole) if checkpoints is not None
                                  else ([[] for _ in self.shards], {}))
         self.fit_stats: dict[int, StageStats] = {}
-        self.result = ExecutionResult(stats=[StageStats(stage.name) for stage in job.stages])
-        self.done: dict[int, tuple[pa.Table, list[Reject], list[StageStats]]] = {}
+        self.result = ExecutionResult(stats=[StageStats(stage.name) for stage in job.stages],
+                                      rejects=RejectLog.spilled(job.out_dir))
+        self.done: dict[int, tuple[int, list[StageStats]]] = {}  # rows written, stats (the rejects: in result)
+        self.published: dict[str, Any] = {}  # what earlier fits give later ones (`WholeInputStage.publish`)
         self.engines: dict[str, Any] = {}
         self.setup: Counter = Counter()
         self.env: dict[str, str] = {}  # the actors' environment (`worker_env`)
 
-    def finish(self, index: int, table: pa.Table, rejects: list[Reject], stats: list[StageStats]) -> None:
+    def finish(self, index: int, table: pa.Table, rejects: list[pa.Table], stats: list[StageStats]) -> None:
+        """Shard `index` is done: its rows are written and its rejects (one table per stage) spilled; the
+        driver keeps neither."""
         write_parquet_atomic(sort_by_id(table), shard_path(self.job.out_dir, index))
-        self.done[index] = (table, rejects, stats)
+        for part in rejects:
+            self.result.rejects.add(part, index)
+        self.done[index] = (table.num_rows, stats)
         if self.job.on_shard is not None:
             self.job.on_shard(len(self.done), len(self.shards))
 
@@ -336,7 +343,7 @@ class _RayRun:
             self.result.resumed["stages"] += len(stats)
             if stats and len(stats) == len(stages) or not stages:
                 self.result.resumed["shards"] += bool(stages)
-                self.finish(index, table, [r for part in rejects for r in part], stats)
+                self.finish(index, table, [rejects_table(part) for part in rejects], stats)
                 continue
             meta = {"stats": [stats_to_dict(s) for s in stats], "engines": {}, "setup": {}}
             envelopes.append(pa.Table.from_pylist([{
@@ -378,10 +385,12 @@ class _RayRun:
                 raise RayExecutor._failure(exc, running, list(range(len(self.shards))), job.out_dir) from exc
             ctx = BuildContext.for_input(EnginePool(job.settings.engines), job.settings.seed, job.rows(),
                                          job.settings.shard_size)
+            ctx.info.update(self.published)
             loaded = stage.run_fit(view, ctx)
             if checkpoints is not None:
                 checkpoints.save_fit(position, stage.name, fits[position], *loaded)
             fault_point("fit_done")
+        self.published.update(stage.publish(loaded[0]))  # for later fits, fresh or checkpointed alike
         self.fit_stats[position] = loaded[1]
         return self.pool(dataset, position, stage, "apply", loaded[0])
 
@@ -405,8 +414,7 @@ class _RayRun:
                     self.engines.update(meta["engines"])
                     for position, seconds in meta["setup"].items():
                         self.setup[position] = max(self.setup[position], seconds)
-                    rejects = [r for part in row["rejects"] for r in _rejects_from_table(from_ipc(part))]
-                    self.finish(row["shard"], from_ipc(row["table"]), rejects,
+                    self.finish(row["shard"], from_ipc(row["table"]), [from_ipc(part) for part in row["rejects"]],
                                 [stats_from_dict(s) for s in meta["stats"]])
         except Exception as exc:
             unfinished = sorted(set(range(len(self.shards))) - set(self.done))
@@ -416,12 +424,11 @@ class _RayRun:
         """Stats and rejects merged in shard order, as the local executor merges them."""
         result, stages, checkpoints = self.result, self.job.stages, self.checkpoints
         for index in sorted(self.done):
-            table, rejects, stats = self.done[index]
+            rows, stats = self.done[index]
             for position, part in enumerate(stats):
                 result.stats[position].merge(part)
-            result.rejects.extend(rejects)
             result.shards.append(shard_path(self.job.out_dir, index))
-            result.rows += table.num_rows
+            result.rows += rows
         for position, stats in self.fit_stats.items():
             result.stats[position].merge(stats)
         if checkpoints is not None:

@@ -161,6 +161,8 @@ class WholeInputStage(Stage):
       JSON-serialisable dict (cut points, an estimate, keep/drop sets, trained heads); `describe(fitted)`
       is its summary for stats.json and `fit_estimates(fitted)` its dataset-level estimates.
     * `apply(shard, fitted)`: per shard, in parallel: the decision, rejects and counters.
+    * `publish(fitted)`: what later stages' fits read of this one (`ctx.info` entries), set by the
+      executor wherever those fits run; `apply` must not pass state to later stages through `ctx`.
 
     `scratch` columns are written by `score` for `fit`/`apply` only and removed by the executor after
     `apply`. The executors barrier at a whole-input stage (all shards scored, one fit, then apply) and
@@ -196,9 +198,18 @@ class WholeInputStage(Stage):
         """Dataset-level estimates of the fit (stats.json `estimates`)."""
         return {}
 
+    def publish(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        """What later stages' fits read of this fit, as `ctx.info` entries (e.g. a scorer's accuracy on
+        held-out pairs, for the noise stage). The executors set it in the context of every later fit,
+        from a fresh fit or a checkpointed one and wherever the fits run, so a resumed or distributed
+        build gives later fits what an uninterrupted local one does. Nothing by default."""
+        return {}
+
     def process(self, table: pa.Table, ctx: BuildContext) -> StageOutput:
         scored = self.run_score(table, ctx)[0]
         fitted = self.fit(fit_view(self, [scored.table]), ctx)
+        if ctx is not None:
+            ctx.info.update(self.publish(fitted))
         out = self.run_apply(scored.table, fitted, ctx)[0]
         return StageOutput(out.table, out.rejects, Counter(scored.counters) + Counter(out.counters),
                            self.fit_estimates(fitted))

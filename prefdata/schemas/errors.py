@@ -94,3 +94,9 @@ def row_payloads(table: pa.Table, rows: Sequence[int], batch: int = 4096) -> lis
 
 def rejects_table(rejects: list[Reject]) -> pa.Table:
     return pa.Table.from_pylist([r.as_record() for r in rejects], schema=REJECT_SCHEMA)
+
+
+def rejects_from_table(table: pa.Table) -> list[Reject]:
+    """The inverse of `rejects_table` (payloads stay JSON text)."""
+    return [Reject(stage=r["stage"], reason=RejectReason(r["reason"]), detail=r["detail"], file=r["file"], row=r["row"],
+                   row_id=r["row_id"], field=r["field"], payload=r["payload"]) for r in table.to_pylist()]

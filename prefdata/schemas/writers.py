@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,6 +116,36 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     """Write `table` to `path` via temp file + fsync + rename; the old file (if any) stays until the rename."""
     table = canonical_table(table)
     _write_atomic(path, lambda handle: pq.write_table(table, handle, **PARQUET_SETTINGS))
+
+
+def write_parquet_stream_atomic(tables: Iterable[pa.Table], schema: pa.Schema, path: str | Path) -> int:
+    """Write `tables` one after another as one Parquet file (atomically, like `write_parquet_atomic`),
+    holding one row group at a time. Row groups are cut every `row_group_size` rows whatever the
+    tables' sizes, so the bytes equal `write_parquet_atomic` of their concatenation. Returns the rows."""
+    size = PARQUET_SETTINGS["row_group_size"]
+    settings = {k: v for k, v in PARQUET_SETTINGS.items() if k != "row_group_size"}
+    written = 0
+
+    def write(handle: BinaryIO) -> None:
+        nonlocal written
+        with pq.ParquetWriter(handle, schema, **settings) as writer:
+            buffer: list[pa.Table] = []
+            buffered = 0
+            for table in tables:
+                buffer.append(canonical_table(table.cast(schema)))
+                buffered += table.num_rows
+                while buffered >= size:
+                    whole = pa.concat_tables(buffer).combine_chunks()
+                    writer.write_table(whole.slice(0, size), row_group_size=size)
+                    buffer, buffered = [whole.slice(size)], buffered - size
+                    written += size
+            if buffered or not written:  # an empty file still has its schema
+                writer.write_table(pa.concat_tables(buffer).combine_chunks() if buffer else schema.empty_table(),
+                                   row_group_size=size)
+                written += buffered
+
+    _write_atomic(path, write)
+    return written
 
 
 def sort_by_id(table: pa.Table) -> pa.Table:

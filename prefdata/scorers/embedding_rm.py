@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefdata.engines.base import derive_seed
 from prefdata.engines.config import expand_vars
-from prefdata.pipeline.context import BuildContext
+from prefdata.pipeline.context import CALIBRATION_KEY, BuildContext
 from prefdata.pipeline.stage import StageOutput, WholeInputStage
 from prefdata.schemas.pair import put_column
 from prefdata.types import Chat, Role, ScoreError, SourceKind
@@ -343,6 +343,7 @@ def _mean(rows: list[list[float | None]]) -> list[float | None]:
 
 
 VECTORS = ("_erm_prompt", "_erm_chosen", "_erm_rejected")  # scratch: unit embeddings of one pair
+PRIOR_MEMBERS = "_erm_prior_members"  # scratch: members already in a row's margin lists (where ours start)
 
 
 def _vector_column(matrix: np.ndarray) -> pa.Array:
@@ -362,13 +363,13 @@ class EmbeddingRMStage(WholeInputStage):
     citation: ClassVar[str | None] = CITATION
     reads: ClassVar[tuple[str, ...]] = ("id", "prompt_id", "prompt", "chosen", "rejected")
     adds: ClassVar[tuple[str, ...]] = LIST_COLUMNS + ("chosen_score", "rejected_score", "margin")
-    scratch: ClassVar[tuple[str, ...]] = VECTORS
+    scratch: ClassVar[tuple[str, ...]] = VECTORS + (PRIOR_MEMBERS,)
     config: EmbeddingRMConfig
 
     def __init__(self, config: EmbeddingRMConfig | None = None):
         super().__init__(config or EmbeddingRMConfig())
         self.embedder: TextEmbedder | None = None
-        self.fit_columns = tuple(dict.fromkeys(("id", self.config.fold_by) + VECTORS))
+        self.fit_columns = tuple(dict.fromkeys(("id", self.config.fold_by) + VECTORS + (PRIOR_MEMBERS,)))
         self._fitted: tuple[int, EmbeddingRewardModel] | None = None  # (id of the state, model built from it)
 
     def new_model(self, seed: int) -> EmbeddingRewardModel:
@@ -401,7 +402,9 @@ class EmbeddingRMStage(WholeInputStage):
         pairs = self.embed(table)
         for name, matrix in zip(VECTORS, (pairs.prompt, pairs.chosen, pairs.rejected)):
             table = put_column(table, name, _vector_column(matrix))
-        return StageOutput(table)
+        before = table.column("member_margins").to_pylist() if "member_margins" in table.column_names else []
+        prior = [len(row or []) for row in before] or [0] * table.num_rows
+        return StageOutput(put_column(table, PRIOR_MEMBERS, pa.array(prior, type=pa.int32())))
 
     def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
         """Train the heads once: on `train_path`, or on every pair of the input (out of fold)."""
@@ -421,6 +424,10 @@ class EmbeddingRMStage(WholeInputStage):
             correct = (np.nanmean(train_margins[train_scored], axis=1) > 0) if train_scored.any() else np.zeros(0, bool)
             calibration = {"correct": correct.tolist(), "member_count": c.members,
                            "source": f"embedding_rm out-of-fold on {c.train_path}"}
+            widths = set(view.column(PRIOR_MEMBERS).to_pylist()) or {0}
+            if len(widths) == 1:  # where our members sit in every row's lists (else the noise stage takes the last M)
+                start = widths.pop()
+                calibration["members"] = [start, start + c.members]
         else:
             model, fit_pairs = self.new_model(ctx.seed).fit(pairs), len(pairs)
             calibration = None
@@ -441,6 +448,11 @@ class EmbeddingRMStage(WholeInputStage):
     def describe(self, fitted: dict[str, Any]) -> dict[str, Any]:
         return {"heads": sorted(fitted["heads"]), "feature_dim": fitted["dim"]}
 
+    def publish(self, fitted: dict[str, Any]) -> dict[str, Any]:
+        """For the noise stage's `calibrated`: the members' out-of-fold accuracy on train_path, and where
+        they sit in the margin lists."""
+        return {CALIBRATION_KEY: fitted["calibration"]} if fitted.get("calibration") else {}
+
     def model_from(self, fitted: dict[str, Any], ctx: BuildContext) -> EmbeddingRewardModel:
         if self._fitted is None or self._fitted[0] != id(fitted):
             self._fitted = (id(fitted), self.new_model(ctx.seed).load_state(fitted["heads"], fitted["dim"]))
@@ -457,14 +469,6 @@ class EmbeddingRMStage(WholeInputStage):
             counters[f"embedding_rm_null_{ScoreError.TOO_FEW_TRAINING_PAIRS.value}"] += missing
         new = {"chosen_scores": _nan_to_none(scores.chosen), "rejected_scores": _nan_to_none(scores.rejected),
                "member_margins": _nan_to_none(scores.margins)}
-        if fitted.get("calibration") and ctx is not None:  # for the noise stage: accuracy, and where the members sit
-            before = table.column("member_margins").to_pylist() if "member_margins" in table.column_names else []
-            widths = {len(row or []) for row in before} or {0}
-            calibration = dict(fitted["calibration"])
-            if len(widths) == 1:
-                start = widths.pop()
-                calibration["members"] = [start, start + self.config.members]
-            ctx.info["judge_calibration"] = calibration
         for name in LIST_COLUMNS:
             previous = table.column(name).to_pylist() if name in table.column_names else [[] for _ in range(len(pairs))]
             merged = [(old or []) + own for old, own in zip(previous, new[name])]

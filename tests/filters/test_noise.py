@@ -10,7 +10,6 @@ import pyarrow as pa
 import pytest
 
 from prefdata.filters.noise import (
-    CALIBRATION_KEY,
     NoiseConfig,
     NoiseFilter,
     calibrated_estimate,
@@ -19,7 +18,7 @@ from prefdata.filters.noise import (
     moments_estimate,
     sign_estimate,
 )
-from prefdata.pipeline.context import BuildContext, EnginePool
+from prefdata.pipeline.context import CALIBRATION_KEY, BuildContext, EnginePool
 from prefdata.train.config import FlipRate
 
 

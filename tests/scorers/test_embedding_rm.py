@@ -4,6 +4,9 @@ cross-fitting that never scores a pair with a head that trained on it, and the b
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -100,16 +103,25 @@ def test_stage_appends_members_to_existing_lists(embedder, hh):
     assert out.estimates["embedding_rm"]["members"] == ["embedding_rm_0", "embedding_rm_1"]
 
 
-def test_curation_build_writes_epsilon_and_buckets(shared_data, tmp_path):
+def curation_recipe(path, out) -> dict:
     """embedding_rm (trained on the whole input via train_path, input in 2 shards) -> noise -> voting."""
-    path = shared_data / "hh_rlhf_harmless_test_1312.jsonl"
-    recipe = {"name": "curate", "source": {"path": str(path), "kind": "hh", "limit": 48},
-              "stages": [{"type": "embedding_rm", "members": 3, "folds": 3, "steps": 30, "train_path": str(path),
-                          "train_kind": "hh", "train_limit": 48},
-                         {"type": "noise", "bootstrap": 20},
-                         {"type": "voting"}],
-              "output": {"dir": str(tmp_path / "out"), "shard_size": 24}}
-    result = run_build(recipe)
+    return {"name": "curate", "source": {"path": str(path), "kind": "hh", "limit": 48},
+            "stages": [{"type": "embedding_rm", "members": 3, "folds": 3, "steps": 30, "train_path": str(path),
+                        "train_kind": "hh", "train_limit": 48},
+                       {"type": "noise", "bootstrap": 20},
+                       {"type": "voting"}],
+            "output": {"dir": str(out), "shard_size": 24}}
+
+
+@pytest.fixture(scope="module")
+def curated(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("curated") / "out"
+    return out, run_build(curation_recipe(shared_data / "hh_rlhf_harmless_test_1312.jsonl", out))
+
+
+def test_curation_build_writes_epsilon_and_buckets(curated):
+    out, result = curated
+    tmp_path = out.parent
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     flip, origin = read_flip_rate(tmp_path / "out")
     assert origin.endswith("stats.json") and flip.method == "calibrated"  # one estimate over both shards
@@ -128,3 +140,34 @@ def test_curation_build_writes_epsilon_and_buckets(shared_data, tmp_path):
     assert data.num_rows == 38 and sum(data["flipped"]) == 9
     assert {"strength_mean", "strength_std", "bucket", "flip_prob", "member_margins"} <= set(data.column_names)
     assert all(len(m) == 3 for m in data["member_margins"])
+
+
+KILLED_BUILD = """
+import json, sys
+from prefdata.builder import run_build
+run_build(json.loads(sys.argv[1]))
+"""
+
+
+def flip_rate(out) -> dict:
+    return json.loads((out / "stats.json").read_text())["estimates"]["flip_rate"]
+
+
+def test_resumed_and_ray_builds_give_the_noise_fit_the_rm_calibration(shared_data, curated, tmp_path):
+    """The noise fit reads the RM's held-out accuracy from the RM's fit (`publish`), not from state its
+    apply left in one process: a build killed after every embedding_rm apply, before the noise fit,
+    resumes with the uninterrupted build's estimate, and so does Ray (its fits run on the driver)."""
+    reference = flip_rate(curated[0])
+    assert reference["method"] == "calibrated"
+    recipe = curation_recipe(shared_data / "hh_rlhf_harmless_test_1312.jsonl", tmp_path / "resumed")
+    env = {**os.environ, "PREFDATA_KILL_AT": "stage_done:2"}  # both shards' embedding_rm applied, noise not fitted
+    killed = subprocess.run([sys.executable, "-c", KILLED_BUILD, json.dumps(recipe)], env=env, capture_output=True,
+                            text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = run_build(recipe)
+    assert resumed.stats["resumed"] == {"shards": 0, "stages": 2}  # the RM's applies came from checkpoints
+    assert flip_rate(tmp_path / "resumed") == reference
+    ray = curation_recipe(shared_data / "hh_rlhf_harmless_test_1312.jsonl", tmp_path / "ray")
+    ray["executor"] = {"kind": "ray", "local_num_cpus": 2}
+    run_build(ray)
+    assert flip_rate(tmp_path / "ray") == reference
