@@ -334,8 +334,11 @@ class _RayRun:
         if self.job.on_shard is not None:
             self.job.on_shard(len(self.done), len(self.shards))
 
-    def resume(self) -> list[pa.Table]:
-        """Shards complete from their checkpoints are written now; the others become envelopes."""
+    def resume(self) -> list:
+        """Shards complete from their checkpoints are written now; the others become envelopes, each put
+        in the object store as it is made (the driver never holds every shard's copy at once)."""
+        import ray
+
         job, stages, envelopes = self.job, self.job.stages, []
         for index, shard in enumerate(self.shards):
             table, rejects, stats, keys = RayExecutor._resume(index, shard, job, self.checkpoints, self.chain[index],
@@ -346,10 +349,10 @@ class _RayRun:
                 self.finish(index, table, [rejects_table(part) for part in rejects], stats)
                 continue
             meta = {"stats": [stats_to_dict(s) for s in stats], "engines": {}, "setup": {}}
-            envelopes.append(pa.Table.from_pylist([{
+            envelopes.append(ray.put(pa.Table.from_pylist([{
                 "shard": index, "next": len(stats), "keys": keys, "table": to_ipc(table),
                 "rejects": [to_ipc(rejects_table(part)) for part in rejects], "meta": json.dumps(meta)}],
-                schema=ENVELOPE))
+                schema=ENVELOPE)))
         return envelopes
 
     def pool(self, dataset, position: int, stage, phase: str = "run", fitted: dict | None = None):
@@ -394,7 +397,7 @@ class _RayRun:
         self.fit_stats[position] = loaded[1]
         return self.pool(dataset, position, stage, "apply", loaded[0])
 
-    def run_pools(self, envelopes: list[pa.Table]) -> None:
+    def run_pools(self, envelopes: list) -> None:
         """The envelopes through every stage's pool; each shard is written as it comes back."""
         import ray.data
 
@@ -402,7 +405,7 @@ class _RayRun:
         running = RunningShards(out_dir)
         running.clear()
         ray.data.DataContext.get_current().enable_progress_bars = False
-        dataset = ray.data.from_arrow(envelopes)  # one block per shard: shards spread over the actors
+        dataset = ray.data.from_arrow_refs(envelopes)  # one block per shard: shards spread over the actors
         self.env = worker_env()
         for position, stage in enumerate(self.job.stages):
             dataset = (self.fit(dataset, position, stage, running) if self.whole[position]
