@@ -83,9 +83,12 @@ def resolve_recipe(recipe: Recipe | str | Path | dict, *, input: str | Path | No
         data["source"]["hub"] = None
     if output is not None:
         data["output"]["dir"] = str(output)
-    if limit is not None:  # with [[sources]]: caps each source
-        for src in data["sources"] if data.get("sources") else [data["source"]]:
-            src["limit"] = min(limit, src["limit"] or limit)
+    if limit is not None:  # replaces [source]'s limit; with [[sources]] it caps each source (the mix stays)
+        if data.get("sources"):
+            for src in data["sources"]:
+                src["limit"] = min(limit, src["limit"] or limit)
+        else:
+            data["source"]["limit"] = limit
     if executor is not None:
         data.setdefault("executor", {})["kind"] = ExecutorKind(executor).value
     return parse_recipe(data, "<recipe with overrides>")

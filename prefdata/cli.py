@@ -37,7 +37,7 @@ def build(
     recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe file (TOML or YAML)"),
     input: Optional[Path] = typer.Option(None, "--input", "-i", help="Override the recipe's source path"),  # noqa: UP007
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output folder (default out/<recipe name>)"),  # noqa: UP007
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N usable input rows"),  # noqa: UP007
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=1, help="Use only the first N usable input rows (replaces [source] limit; caps each of [[sources]])"),  # noqa: UP007
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show the engines' library logs (always written to OUT/.prefdata/build.log)"),
     no_push: bool = typer.Option(False, "--no-push", help="Skip the recipe's [push] table (build locally only)"),

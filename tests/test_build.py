@@ -232,6 +232,18 @@ def test_set_overrides_are_validated_and_recorded(tmp_path):
         resolve_recipe(recipe, overrides=["seed"])
 
 
+def test_limit_replaces_the_recipes_limit_and_caps_each_mixed_source():
+    """`--limit 1312` on examples/curate_hh.toml (limit = 128) reads 1312 pairs, as its comment says."""
+    recipe = load_recipe(REPO / "examples" / "curate_hh.toml")
+    assert recipe.source.limit == 128
+    assert resolve_recipe(recipe, limit=1312).source.limit == 1312
+    assert resolve_recipe(recipe, limit=16).source.limit == 16
+    mixed = {"name": "mix", "sources": [{"path": "a.jsonl", "kind": "pairs", "limit": 10},
+                                         {"path": "b.jsonl", "kind": "pairs"}]}
+    assert [src.limit for src in resolve_recipe(mixed, limit=5).sources] == [5, 5]
+    assert [src.limit for src in resolve_recipe(mixed, limit=50).sources] == [10, 50]
+
+
 def test_set_is_recorded_in_recipe_json(tmp_path):
     out = tmp_path / "out"
     run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", out), overrides=["seed=3", "description=from --set"])
