@@ -38,7 +38,7 @@ import signal
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from prefdata.pipeline.executor import (
 from prefdata.pipeline.local import ExecutionResult, join_phases
 from prefdata.pipeline.rejects import RejectLog
 from prefdata.pipeline.stage import Stage, StageStats, is_whole_input
-from prefdata.schemas.errors import PrefdataError, rejects_table
+from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
 from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
 
 RUNNING_DIR = f"{STATE_DIR}/ray/running"
@@ -324,7 +324,8 @@ class _RayRun:
         self.setup: Counter = Counter()
         self.env: dict[str, str] = {}  # the actors' environment (`worker_env`)
 
-    def finish(self, index: int, table: pa.Table, rejects: list[pa.Table], stats: list[StageStats]) -> None:
+    def finish(self, index: int, table: pa.Table, rejects: list[Sequence[Reject] | pa.Table],
+               stats: list[StageStats]) -> None:
         """Shard `index` is done: its rows are written and its rejects (one table per stage) spilled; the
         driver keeps neither."""
         write_parquet_atomic(sort_by_id(table), shard_path(self.job.out_dir, index))
@@ -346,7 +347,7 @@ class _RayRun:
             self.result.resumed["stages"] += len(stats)
             if stats and len(stats) == len(stages) or not stages:
                 self.result.resumed["shards"] += bool(stages)
-                self.finish(index, table, [rejects_table(part) for part in rejects], stats)
+                self.finish(index, table, rejects, stats)
                 continue
             meta = {"stats": [stats_to_dict(s) for s in stats], "engines": {}, "setup": {}}
             envelopes.append(ray.put(pa.Table.from_pylist([{

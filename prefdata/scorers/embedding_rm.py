@@ -55,6 +55,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -402,9 +403,9 @@ class EmbeddingRMStage(WholeInputStage):
         pairs = self.embed(table)
         for name, matrix in zip(VECTORS, (pairs.prompt, pairs.chosen, pairs.rejected)):
             table = put_column(table, name, _vector_column(matrix))
-        before = table.column("member_margins").to_pylist() if "member_margins" in table.column_names else []
-        prior = [len(row or []) for row in before] or [0] * table.num_rows
-        return StageOutput(put_column(table, PRIOR_MEMBERS, pa.array(prior, type=pa.int32())))
+        prior = (pc.fill_null(pc.list_value_length(table.column("member_margins")), 0)
+                 if "member_margins" in table.column_names else pa.array([0] * table.num_rows))
+        return StageOutput(put_column(table, PRIOR_MEMBERS, prior.cast(pa.int32())))
 
     def fit(self, view: pa.Table, ctx: BuildContext) -> dict[str, Any]:
         """Train the heads once: on `train_path`, or on every pair of the input (out of fold)."""
