@@ -54,7 +54,7 @@ def main() -> None:
     from prefdata.types import SourceKind
 
     table = read_pairs(DATA / "hh_rlhf_harmless_test_1312.jsonl", kind=SourceKind.HH, limit=args.pairs).table
-    engine = load_engine(EngineConfig(backend="transformers", dtype=args.dtype, batch_size=args.batch_size))
+    engine = load_engine(EngineConfig(backend="transformers", dtype=args.dtype, forward_batch_size=args.batch_size))
     formatter = ChatFormatter(engine.tokenizer)
     sequences = []
     for row in table.select(["prompt", "chosen", "rejected"]).to_pylist():

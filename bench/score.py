@@ -77,7 +77,7 @@ def main() -> None:
 
     prompts, responses = load_rows(args.rows, args.max_chars)
     batch = ScoreBatch(prompts, responses)
-    engine = load_engine(EngineConfig(backend=args.backend, dtype="float32", batch_size=8, kv_cache_gib=1))
+    engine = load_engine(EngineConfig(backend=args.backend, dtype="float32", forward_batch_size=8, kv_cache_gib=1))
     formatter = ChatFormatter(engine.tokenizer)
     flr, judge = FLRScorer(engine=engine), PointwiseJudge(JudgeConfig(), engine=engine)
     flr.score(ScoreBatch(prompts[:1], responses[:1]))  # warm-up (and the judge's label trie)

@@ -39,6 +39,8 @@ class TransformersEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.config = config or EngineConfig(backend=EngineBackend.TRANSFORMERS)
+        if model is None:  # loaded here, onto the CPU
+            self.config = self.config.for_device(on_gpu=False)
         self.model_id = self.config.model or "embedded:smollm2-135m-instruct"
         self.revision = self.config.revision
         self.in_memory = model is not None
@@ -53,9 +55,14 @@ class TransformersEngine(Engine):
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, **common)
         if self.tokenizer is None:
             raise ValueError("a tokenizer is required")
-        self._identity = None if self.in_memory else config_identity(self.config)  # once loaded (hub id cached)
         self.model.eval()
         self.device = next(self.model.parameters()).device
+        if self.config.forward_batch_size is None:
+            # A CPU gains nothing from padded batches in a forward pass, and one sequence per pass
+            # makes every score and state independent of its batch (shard-count invariant curation).
+            per_pass = 1 if self.device.type == "cpu" else self.config.batch_size
+            self.config = self.config.model_copy(update={"forward_batch_size": per_pass})
+        self._identity = None if self.in_memory else config_identity(self.config)  # once loaded (hub id cached)
         self.max_model_len = self.config.max_model_len
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         eos = getattr(self.model.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
@@ -218,7 +225,7 @@ class TransformersEngine(Engine):
 
     def _token_batches(self, lengths: list[int]) -> list[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        return _batches(order, self.config.batch_size)
+        return _batches(order, self.config.forward_batch_size)
 
     def score(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[np.ndarray]:
         import torch

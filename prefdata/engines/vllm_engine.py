@@ -73,12 +73,12 @@ class VLLMEngine(Engine):
     backend = EngineBackend.VLLM
 
     def __init__(self, config: EngineConfig | None = None):
-        self.config = config or EngineConfig()
+        self.on_cpu = _on_cpu()
+        self.config = (config or EngineConfig()).for_device(on_gpu=not self.on_cpu)
         self.model_id = self.config.model or "embedded:smollm2-135m-instruct"
         self.revision = self.config.revision
         self.model_path = resolve_model(self.config.model)
         self.max_model_len = self.config.max_model_len
-        self.on_cpu = _on_cpu()
         if self.on_cpu:
             _cpu_environment(self.config)
         if is_embedded(self.config.model) or os.path.isdir(self.model_path):

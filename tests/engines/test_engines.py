@@ -131,7 +131,8 @@ def test_left_padding_gives_the_same_scores_and_states(hf_engine, chat_formatter
     from prefdata.engines import EngineConfig
     from prefdata.engines.transformers_engine import TransformersEngine
 
-    left = TransformersEngine(EngineConfig(backend="transformers", dtype="float32", padding_side="left", batch_size=8),
+    left = TransformersEngine(EngineConfig(backend="transformers", dtype="float32", padding_side="left",
+                                           forward_batch_size=8),
                               model=hf_engine.model, tokenizer=hf_engine.tokenizer)
     prompts = [chat_formatter.prompt_ids(c) for c in CHATS[:3]]
     targets = [[28, 29, 30], [31], [32, 33, 34, 35, 36, 37]]  # mixed lengths: real left padding
@@ -139,3 +140,18 @@ def test_left_padding_gives_the_same_scores_and_states(hf_engine, chat_formatter
         np.testing.assert_allclose(got, expected, atol=1e-4)
     for got, expected in zip(left.hidden_states(prompts), hf_engine.hidden_states(prompts)):
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_cpu_forward_passes_give_each_sequence_the_numbers_it_gets_alone(hf_engine, chat_formatter):
+    """One sequence per teacher-forced pass on a CPU: a row's score and hidden-state sums are
+    bit-identical whatever else is in the call, so curation does not depend on the shard layout."""
+    assert hf_engine.config.forward_batch_size == 1 and hf_engine.identity()["config"]["forward_batch_size"] == 1
+    prompts = [chat_formatter.prompt_ids(c) for c in CHATS]
+    targets = [[28, 29, 30], [31], [32, 33, 34, 35, 36, 37]]
+    together = hf_engine.score(prompts, targets)
+    sequences = [p + t for p, t in zip(prompts, targets)]
+    spans = [(len(p), len(s)) for p, s in zip(prompts, sequences)]
+    sums = hf_engine.hidden_state_sums(sequences, spans)
+    for i in range(len(prompts)):
+        assert np.array_equal(hf_engine.score([prompts[i]], [targets[i]])[0], together[i])
+        assert np.array_equal(hf_engine.hidden_state_sums([sequences[i]], [spans[i]])[0], sums[i])

@@ -96,7 +96,7 @@ def test_ches_equals_hand_computation(hf_engine, hand, padding_side, batch_size)
     """Same numbers for either padding side and any batch composition (3: several batches mixing
     chosen and rejected sides of different pairs; 16: all 12 sequences in one batch)."""
     table, (ches, ln_ches) = hand
-    engine = TransformersEngine(EngineConfig(backend="transformers", dtype="float32", batch_size=batch_size,
+    engine = TransformersEngine(EngineConfig(backend="transformers", dtype="float32", forward_batch_size=batch_size,
                                              padding_side=padding_side), model=hf_engine.model, tokenizer=hf_engine.tokenizer)
     out, stats = _run(ChesStage(ChesConfig()), table, engine)
     got = out.table
@@ -113,7 +113,7 @@ def test_ches_bf16_engine_matches_float32(hf_engine, hand):
     """bf16 states summed in float32 keep the ranking the paper filters by."""
     table, (_, ln_ches) = hand
     model = type(hf_engine.model).from_pretrained(hf_engine.model_path, dtype=torch.bfloat16).eval()
-    engine = TransformersEngine(EngineConfig(backend="transformers", dtype="bfloat16", batch_size=4),
+    engine = TransformersEngine(EngineConfig(backend="transformers", dtype="bfloat16", forward_batch_size=4),
                                 model=model, tokenizer=hf_engine.tokenizer)
     got = np.array(_run(ChesStage(), table, engine)[0].table.column("ln_ches").to_pylist())
     assert np.argsort(got).tolist() == np.argsort(ln_ches).tolist()

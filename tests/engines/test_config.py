@@ -1,0 +1,29 @@
+"""Engine settings decided at load time: an unset dtype becomes the device's native one, and what
+ran is what the run identity records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prefdata.engines import EngineConfig
+from prefdata.engines.config import native_dtype
+from prefdata.engines.transformers_engine import TransformersEngine
+
+
+@pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
+    (False, False, "float32"), (True, False, "bfloat16"), (False, True, "bfloat16")])
+def test_cpu_dtype_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_dtype(on_gpu=False) == expected
+    assert EngineConfig().for_device(on_gpu=False).dtype == expected
+    assert EngineConfig().for_device(on_gpu=True).dtype == "bfloat16"
+    assert EngineConfig(dtype="float16").for_device(on_gpu=False).dtype == "float16"  # a stated dtype stays
+
+
+def test_an_unset_dtype_loads_the_native_one_and_the_identity_records_it():
+    engine = TransformersEngine(EngineConfig(backend="transformers"))
+    native = native_dtype(on_gpu=False)
+    assert str(next(engine.model.parameters()).dtype) == f"torch.{native}"
+    assert engine.identity()["config"]["dtype"] == native  # the cache and checkpoints key on what ran
