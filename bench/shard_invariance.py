@@ -1,7 +1,7 @@
 """Shard-count invariance of a real recipe: the same build at several `[output] shard_size`s.
 
     python bench/shard_invariance.py [--recipe examples/curate_hh.toml] [--limit 400] [--shard-sizes 400 50]
-                                     [--out out/shard_invariance] [--executor local]
+                                     [--out out/shard_invariance] [--executor local] [--compare-only]
 
 Runs `prefdata build RECIPE --limit N --no-cache --set output.shard_size=S` once per size (fresh, no
 request cache, each in its own process), then compares every build with the first, rows in id
@@ -96,12 +96,14 @@ def main() -> None:
     parser.add_argument("--shard-sizes", type=int, nargs="+", default=[400, 50])
     parser.add_argument("--out", type=Path, default=REPO / "out" / "shard_invariance")
     parser.add_argument("--executor", default="local")
+    parser.add_argument("--compare-only", action="store_true", help="compare the builds already under --out")
     args = parser.parse_args()
     outs = []
     for size in args.shard_sizes:
         out = args.out / f"shard_size_{size}"
-        seconds = build(args.recipe, args.limit, size, out, args.executor)
-        print(f"shard_size {size}: built in {seconds:.0f} s -> {out}", flush=True)
+        if not args.compare_only:
+            seconds = build(args.recipe, args.limit, size, out, args.executor)
+            print(f"shard_size {size}: built in {seconds:.0f} s -> {out}", flush=True)
         outs.append(out)
     same = all([compare(outs[0], other) for other in outs[1:]])
     print("\nsame ids, texts, decisions and rejects" if same else "\nbuilds DIFFER in ids, texts, decisions or rejects")
