@@ -9,7 +9,8 @@ and 1% planted exact prompt copies) and handed to the real executor (`prefdata.p
 as `prefdata build` does after reading its source: they are written to one Parquet file first and
 each executor runs in its own process that reads it, so `peak_rss_mib` (ru_maxrss) is that build
 process's own (for Ray: the driver; the actors are other
-processes). dedup reads the given vectors (`embedding_column`), so no encoder runs; with more than
+processes); `peak_private_mib` / `peak_shared_mib` split it into private pages and shared-memory
+pages (Ray's object store). dedup reads the given vectors (`embedding_column`), so no encoder runs; with more than
 `exact_scan_max` prompts its near-duplicate search is the ANN index. Stage checkpoints are off
 (`--checkpoints` turns them on): the run identity of every shard hashes its rows.
 """
@@ -74,8 +75,37 @@ def synthetic_pairs(rows: int, dim: int, seed: int = 0) -> pa.Table:
     })
 
 
+class MemorySplit:
+    """Peaks of this process's private (RssAnon) and shared-memory (RssShmem) resident pages, sampled
+    every 50 ms: Ray's object store is shared memory, and the pages a driver writes or reads there
+    count in its ru_maxrss although the store, not the driver, owns them."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = {"RssAnon": 0, "RssShmem": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            with open("/proc/self/status") as status:
+                for line in status:
+                    key = line.split(":")[0]
+                    if key in self.peak:
+                        self.peak[key] = max(self.peak[key], int(line.split()[1]) // 1024)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"peak_private_mib": self.peak["RssAnon"], "peak_shared_mib": self.peak["RssShmem"]}
+
+
 def run_one(executor: str, source: Path, shards: int, checkpoints: bool) -> dict:
     import pyarrow.parquet as pq
+
+    memory = MemorySplit()
 
     from prefdata.builder import job_for, make_executor
     from prefdata.pipeline.stage import check_chain
@@ -100,7 +130,7 @@ def run_one(executor: str, source: Path, shards: int, checkpoints: bool) -> dict
             "drops": {s.name: dict(s.drops) for s in result.stats},
             "fit_seconds": {s.name: s.fit.get("seconds") for s in result.stats},
             "wall_s": round(seconds, 1), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "data_rss_mib": round(data_rss)}
+            "data_rss_mib": round(data_rss), **memory.stop()}
 
 
 def main() -> None:
