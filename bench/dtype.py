@@ -51,7 +51,7 @@ def main() -> None:
         forward(engines[d])  # warm-up
     for _ in range(args.repeats):
         for d in dtypes:
-            best[d] = min(best[d], timed(lambda: forward(engines[d]))[1])
+            best[d] = min(best[d], timed(lambda d=d: forward(engines[d]))[1])
     rows = [("transformers decoder forward", best)]
 
     if not args.skip_vllm:
@@ -62,7 +62,7 @@ def main() -> None:
         for d in dtypes:
             engine = load_engine(EngineConfig(backend="vllm", dtype=d))
             engine.score(prompts[:2], targets[:2])  # warm-up
-            best[d] = min(timed(lambda: engine.score(prompts, targets))[1] for _ in range(args.repeats))
+            best[d] = min(timed(lambda e=engine: e.score(prompts, targets))[1] for _ in range(args.repeats))
             engine.close()
         rows.append(("vLLM score (prompt log-probs)", best))
 
