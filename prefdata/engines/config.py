@@ -46,6 +46,14 @@ def native_dtype(on_gpu: bool) -> str:
     return "bfloat16" if native else "float32"
 
 
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return torch.cuda.is_available()
+
+
 CONNECTION_FIELDS = ("base_url", "api_key_env", "max_concurrency", "timeout", "retries")
 
 
@@ -111,12 +119,25 @@ class EngineConfig(BaseModel):
             raise ValueError(f"base_url and api_key_env are for backend = 'openai', not {self.backend.value!r}")
         return self
 
-    def for_device(self, on_gpu: bool) -> EngineConfig:
-        """This config with an unset `dtype` decided for the device the engine runs on
-        (`native_dtype`), so the run identity, the request cache and stats record what ran."""
-        if self.dtype is not None:
+    def resolved(self) -> EngineConfig:
+        """The config as an in-process engine loaded from it runs, its unset device-dependent fields
+        decided: `dtype` by `native_dtype` (transformers loads onto the CPU, vLLM onto a GPU when
+        there is one) and transformers' `forward_batch_size` (1: on a CPU padded passes gain
+        nothing, and unpadded ones make each sequence's numbers independent of its batch). The
+        loaded engine and `config_identity` both use it, so the run identity, the request cache and
+        stats record what ran without loading anything."""
+        if self.backend == EngineBackend.TRANSFORMERS:
+            on_gpu = False
+        elif self.backend == EngineBackend.VLLM:
+            on_gpu = cuda_available()
+        else:
             return self
-        return self.model_copy(update={"dtype": native_dtype(on_gpu)})
+        update: dict[str, Any] = {}
+        if self.dtype is None:
+            update["dtype"] = native_dtype(on_gpu)
+        if self.backend == EngineBackend.TRANSFORMERS and self.forward_batch_size is None:
+            update["forward_batch_size"] = 1
+        return self.model_copy(update=update) if update else self
 
     def identity_dump(self) -> dict[str, Any]:
         """The config as it determines outputs (checkpoint and request-cache keys): without where

@@ -133,7 +133,7 @@ def config_identity(config: EngineConfig) -> dict[str, Any] | None:
     model = model_identity(config.model, config.revision)
     if model is None:
         return None
-    return {"backend": config.backend.value, "model": model, "config": config.model_dump(mode="json")}
+    return {"backend": config.backend.value, "model": model, "config": config.resolved().model_dump(mode="json")}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -40,7 +40,7 @@ class TransformersEngine(Engine):
 
         self.config = config or EngineConfig(backend=EngineBackend.TRANSFORMERS)
         if model is None:  # loaded here, onto the CPU
-            self.config = self.config.for_device(on_gpu=False)
+            self.config = self.config.resolved()
         self.model_id = self.config.model or "embedded:smollm2-135m-instruct"
         self.revision = self.config.revision
         self.in_memory = model is not None
@@ -57,9 +57,7 @@ class TransformersEngine(Engine):
             raise ValueError("a tokenizer is required")
         self.model.eval()
         self.device = next(self.model.parameters()).device
-        if self.config.forward_batch_size is None:
-            # A CPU gains nothing from padded batches in a forward pass, and one sequence per pass
-            # makes every score and state independent of its batch (shard-count invariant curation).
+        if self.config.forward_batch_size is None:  # an in-memory model, on whatever device it is
             per_pass = 1 if self.device.type == "cpu" else self.config.batch_size
             self.config = self.config.model_copy(update={"forward_batch_size": per_pass})
         self._identity = None if self.in_memory else config_identity(self.config)  # once loaded (hub id cached)

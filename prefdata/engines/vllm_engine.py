@@ -40,21 +40,12 @@ from typing import Any
 import numpy as np
 
 from prefdata.engines.base import Completion, Engine, SamplingParams, normalise_params
-from prefdata.engines.config import EngineConfig
+from prefdata.engines.config import EngineConfig, cuda_available
 from prefdata.engines.embedded import is_embedded, resolve_model
 from prefdata.engines.identity import config_identity
 from prefdata.types import EngineBackend
 
 CPU_MAX_BATCHED_TOKENS = 16384
-
-
-def _on_cpu() -> bool:
-    try:
-        import torch
-
-        return not torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return True
 
 
 def _cpu_environment(config: EngineConfig) -> None:
@@ -73,8 +64,8 @@ class VLLMEngine(Engine):
     backend = EngineBackend.VLLM
 
     def __init__(self, config: EngineConfig | None = None):
-        self.on_cpu = _on_cpu()
-        self.config = (config or EngineConfig()).for_device(on_gpu=not self.on_cpu)
+        self.on_cpu = not cuda_available()
+        self.config = (config or EngineConfig()).resolved()
         self.model_id = self.config.model or "embedded:smollm2-135m-instruct"
         self.revision = self.config.revision
         self.model_path = resolve_model(self.config.model)

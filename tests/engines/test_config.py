@@ -8,6 +8,7 @@ import torch
 
 from prefdata.engines import EngineConfig
 from prefdata.engines.config import native_dtype
+from prefdata.engines.identity import config_identity
 from prefdata.engines.transformers_engine import TransformersEngine
 
 
@@ -16,14 +17,23 @@ from prefdata.engines.transformers_engine import TransformersEngine
 def test_cpu_dtype_is_bfloat16_only_where_the_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert native_dtype(on_gpu=False) == expected
-    assert EngineConfig().for_device(on_gpu=False).dtype == expected
-    assert EngineConfig().for_device(on_gpu=True).dtype == "bfloat16"
-    assert EngineConfig(dtype="float16").for_device(on_gpu=False).dtype == "float16"  # a stated dtype stays
+    assert native_dtype(on_gpu=True) == "bfloat16"
+    assert EngineConfig(backend="transformers").resolved().dtype == expected
+    assert EngineConfig(backend="vllm").resolved().dtype == expected
+    assert EngineConfig(backend="transformers", dtype="float16").resolved().dtype == "float16"  # a stated dtype stays
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert EngineConfig(backend="vllm").resolved().dtype == "bfloat16"
+    assert EngineConfig(backend="transformers").resolved().dtype == expected  # transformers loads onto the CPU
 
 
 def test_an_unset_dtype_loads_the_native_one_and_the_identity_records_it():
-    engine = TransformersEngine(EngineConfig(backend="transformers"))
+    config = EngineConfig(backend="transformers")
+    engine = TransformersEngine(config)
     native = native_dtype(on_gpu=False)
     assert str(next(engine.model.parameters()).dtype) == f"torch.{native}"
     assert engine.identity()["config"]["dtype"] == native  # the cache and checkpoints key on what ran
+    assert engine.identity()["config"]["forward_batch_size"] == 1
+    # what a resumed build (Ray's driver) computes without loading the engine is the same identity
+    assert config_identity(config) == engine.identity()
