@@ -115,13 +115,13 @@ class Proxy:
                     scripted = proxy.fail.pop(0) if proxy.fail else None
                 if scripted is not None:
                     status, headers = scripted
-                    self._send(status, json.dumps({"error": {"message": f"scripted {status}"}}).encode(), headers)
-                    return self._log(method, status)
+                    self._log(method, status)
+                    return self._send(status, json.dumps({"error": {"message": f"scripted {status}"}}).encode(), headers)
                 if proxy.reject_token_prompts and self.path.endswith("/completions") and body:
                     prompt = json.loads(body).get("prompt")
                     if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-                        self._send(400, b'{"error": {"message": "prompt must be a string"}}', {})
-                        return self._log(method, 400)
+                        self._log(method, 400)
+                        return self._send(400, b'{"error": {"message": "prompt must be a string"}}', {})
                 request = urllib.request.Request(proxy.upstream + self.path, data=body or None, method=method,
                                                  headers={"Content-Type": "application/json"})
                 try:
@@ -144,8 +144,8 @@ class Proxy:
                             choice["logprobs"] = None
                             choice.pop("prompt_logprobs", None)
                     data = json.dumps(doc).encode()
+                self._log(method, status)  # before the reply: a client that has its answer finds it counted
                 self._send(status, data, {})
-                self._log(method, status)
 
             def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
