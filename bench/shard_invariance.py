@@ -36,10 +36,9 @@ def build(recipe: str, limit: int, shard_size: int, out: Path, executor: str) ->
 def load(out: Path):
     import pyarrow.parquet as pq
 
-    from prefdata.schemas.writers import load_dataset_dir
+    from prefdata.schemas.writers import load_dataset_dir, sort_by_id
 
-    table = load_dataset_dir(out).data.table
-    table = table.take(sorted(range(table.num_rows), key=lambda i: table.column("id")[i].as_py()))
+    table = sort_by_id(load_dataset_dir(out).data.table)
     rejects = sorted((r["stage"], r["row_id"], r["reason"]) for r in pq.read_table(out / "rejects.parquet").to_pylist())
     return table, rejects, json.loads((out / "stats.json").read_text())
 
@@ -53,10 +52,15 @@ def column_difference(a, b) -> str:
     kind = a.type.value_type if pa.types.is_list(a.type) else a.type
     if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
         return "DIFFERS"
-    x, y = (np.array(c.to_pylist(), dtype=object) for c in (a, b))
+    def floats(column) -> np.ndarray:  # nulls as NaN; a list column as a [rows, length] matrix
+        def nan(v):
+            return np.nan if v is None else v
+        return np.array([[nan(v) for v in row] if isinstance(row, list) else nan(row) for row in column.to_pylist()],
+                        dtype=float)
+
     try:
-        x, y = (np.array([v if v is not None else np.nan for v in col.tolist()], dtype=float) for col in (x, y))
-    except (TypeError, ValueError):
+        x, y = floats(a), floats(b)
+    except ValueError:  # ragged lists, or rows of different lengths in the two builds
         return "DIFFERS (shape)"
     diff = np.abs(x - y)
     rel = diff / np.maximum(np.abs(x), 1e-12)
