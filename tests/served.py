@@ -115,13 +115,12 @@ class Proxy:
                     scripted = proxy.fail.pop(0) if proxy.fail else None
                 if scripted is not None:
                     status, headers = scripted
-                    self._log(method, status)
-                    return self._send(status, json.dumps({"error": {"message": f"scripted {status}"}}).encode(), headers)
+                    return self._send(method, status, json.dumps({"error": {"message": f"scripted {status}"}}).encode(),
+                                      headers)
                 if proxy.reject_token_prompts and self.path.endswith("/completions") and body:
                     prompt = json.loads(body).get("prompt")
                     if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
-                        self._log(method, 400)
-                        return self._send(400, b'{"error": {"message": "prompt must be a string"}}', {})
+                        return self._send(method, 400, b'{"error": {"message": "prompt must be a string"}}', {})
                 request = urllib.request.Request(proxy.upstream + self.path, data=body or None, method=method,
                                                  headers={"Content-Type": "application/json"})
                 try:
@@ -144,10 +143,11 @@ class Proxy:
                             choice["logprobs"] = None
                             choice.pop("prompt_logprobs", None)
                     data = json.dumps(doc).encode()
-                self._log(method, status)  # before the reply: a client that has its answer finds it counted
-                self._send(status, data, {})
+                self._send(method, status, data, {})
 
-            def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+            def _send(self, method: str, status: int, data: bytes, headers: dict[str, str]) -> None:
+                with lock:  # logged before the reply: a client that has its answer finds it counted
+                    proxy.requests.append((method, self.path, status))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -155,10 +155,6 @@ class Proxy:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
-
-            def _log(self, method: str, status: int) -> None:
-                with lock:
-                    proxy.requests.append((method, self.path, status))
 
             def do_GET(self) -> None:
                 self._handle("GET")
