@@ -67,8 +67,8 @@ class EngineConfig(BaseModel):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of the model")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = Field(
         None, description="Weights and activations dtype; empty = bfloat16 where the device computes it natively (a "
-                          "GPU, a CPU with AVX512-BF16 or AMX), else float32 (an AVX2 CPU emulates bfloat16, ~5x "
-                          "slower); 'auto' = the checkpoint's dtype")
+                          "GPU, a CPU with AVX512-BF16 or AMX), else float32 (an AVX2 CPU emulates bfloat16: 5-8x "
+                          "slower in bench/dtype.py); 'auto' = the checkpoint's dtype")
     max_model_len: int = Field(2048, ge=16, description="Context length: longer requests are rejected, not truncated")
     seed: int = Field(0, description="Engine-level seed; requests also carry their own derived seeds")
     trust_remote_code: bool = Field(False, description="Run model code from the hub; off unless you trust the repository")
