@@ -13,6 +13,10 @@ processes); `peak_private_mib` / `peak_shared_mib` split it into private pages a
 pages (Ray's object store). dedup reads the given vectors (`embedding_column`), so no encoder runs; with more than
 `exact_scan_max` prompts its near-duplicate search is the ANN index. Stage checkpoints are off
 (`--checkpoints` turns them on): the run identity of every shard hashes its rows.
+
+`--stream` hands the executor the source shard by shard (Parquet batches of `shard_size` rows), as a
+build with `[source] streaming = true` does, instead of the table read whole: the local executor
+still gathers every shard at the first whole-input stage, the Ray driver holds one at a time.
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ class MemorySplit:
         return {"peak_private_mib": self.peak["RssAnon"], "peak_shared_mib": self.peak["RssShmem"]}
 
 
-def run_one(executor: str, source: Path, shards: int, checkpoints: bool) -> dict:
+def run_one(executor: str, source: Path, shards: int, checkpoints: bool, stream: bool) -> dict:
     import pyarrow.parquet as pq
 
     memory = MemorySplit()
@@ -112,21 +116,27 @@ def run_one(executor: str, source: Path, shards: int, checkpoints: bool) -> dict
     from prefdata.recipe import parse_recipe
     from prefdata.registry import make_stage
 
-    table = pq.read_table(source)  # as `prefdata build` reads a Parquet source
-    rows, dim = table.num_rows, table.schema.field("embedding").type.list_size
+    parquet = pq.ParquetFile(source)
+    rows, dim = parquet.metadata.num_rows, parquet.schema_arrow.field("embedding").type.list_size
+    shard_size = -(-rows // shards)
+    # as `prefdata build` reads a Parquet source: whole, or (streamed) one shard at a time
+    table = None if stream else pq.read_table(source)
+    streamed = {"shards": (pa.Table.from_batches([b]) for b in parquet.iter_batches(batch_size=shard_size)),
+                "input_rows": rows} if stream else {}
     data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with tempfile.TemporaryDirectory(prefix="curate-scale-") as tmp:
         out = Path(tmp) / "out"
         out.mkdir()
         recipe = parse_recipe({"name": "curate_scale", "source": {"path": "synthetic", "kind": "pairs"}, "stages": STAGES,
                                "executor": {"kind": executor, "local_num_cpus": 2},
-                               "output": {"dir": str(out), "shard_size": -(-rows // shards), "checkpoints": checkpoints}})
+                               "output": {"dir": str(out), "shard_size": shard_size, "checkpoints": checkpoints}})
         stages = [make_stage(config) for config in recipe.stages]
-        check_chain(stages, table.column_names)
+        check_chain(stages, parquet.schema_arrow.names)
         start = time.perf_counter()
-        result = make_executor(recipe.executor).run(job_for(recipe, table, stages, out, use_cache=False)).result
+        job = job_for(recipe, table, stages, out, use_cache=False, **streamed)
+        result = make_executor(recipe.executor).run(job).result
         seconds = time.perf_counter() - start
-    return {"executor": executor, "rows": rows, "shards": len(result.shards), "dim": dim, "rows_out": result.rows,
+    return {"executor": executor, "stream": stream, "rows": rows, "shards": len(result.shards), "dim": dim, "rows_out": result.rows,
             "drops": {s.name: dict(s.drops) for s in result.stats},
             "fit_seconds": {s.name: s.fit.get("seconds") for s in result.stats},
             "wall_s": round(seconds, 1), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -140,11 +150,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64, help="prompt vector size (64 keeps 1M vectors at 256 MB)")
     parser.add_argument("--executors", nargs="+", default=["local", "ray"])
     parser.add_argument("--checkpoints", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="hand the executor the source shard by shard")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, Path(args.source), args.shards, args.checkpoints)))
+        print(json.dumps(run_one(args.one, Path(args.source), args.shards, args.checkpoints, args.stream)))
         return
     import pyarrow.parquet as pq
 
@@ -154,7 +165,7 @@ def main() -> None:
     pq.write_table(synthetic_pairs(args.rows, args.dim), source)  # made here, read by each build process
     for executor in args.executors:
         cmd = [sys.executable, __file__, "--one", executor, "--source", str(source), "--shards", str(args.shards)]
-        cmd += ["--checkpoints"] if args.checkpoints else []
+        cmd += ["--checkpoints"] * args.checkpoints + ["--stream"] * args.stream
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else None
         print(line or proc.stderr[-3000:], flush=True)

@@ -94,8 +94,12 @@ class Checkpoints:
 
     def chain(self, shards: Sequence[pa.Table], whole: Sequence[bool]) -> tuple[list[list[str]], dict[int, str]]:
         """Keys of every (shard, position) and the fit key of every whole-input position (`whole[k]`)."""
-        previous = [table_fingerprint(shard) for shard in shards]
-        keys: list[list[str]] = [[] for _ in shards]
+        return self.chain_of([table_fingerprint(shard) for shard in shards], whole)
+
+    def chain_of(self, fingerprints: Sequence[str], whole: Sequence[bool]) -> tuple[list[list[str]], dict[int, str]]:
+        """`chain` from the input shards' `table_fingerprint`s (the shards need not be held together)."""
+        previous = list(fingerprints)
+        keys: list[list[str]] = [[] for _ in previous]
         fits: dict[int, str] = {}
         for position, stage_fp in enumerate(self.stage_fingerprints):
             if whole[position]:

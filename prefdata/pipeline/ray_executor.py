@@ -1,20 +1,28 @@
 """The Ray executor: the recipe's stages as `ray.data` actor pools, one loaded engine per actor.
 
 The dataset is one row per shard (an "envelope": shard index, checkpoint keys, the shard's table
-as Arrow IPC, the rejects and stats gathered so far). Each stage is a `map_batches` over it with
-a callable class, so Ray keeps `concurrency` actors per stage, each holding the stage and its
-engines loaded once (`num_gpus`/`num_cpus` per actor from `[executor]`), and streams shards
-from one stage's pool to the next. The driver writes every shard as it comes back, sorted by id,
-to the file the local executor would write.
+as Arrow IPC, the stats gathered so far). Each stage is a `map_batches` over it with a callable
+class, so Ray keeps `concurrency` actors per stage, each holding the stage and its engines loaded
+once (`num_gpus`/`num_cpus` per actor from `[executor]`), and streams shards from one stage's
+pool to the next.
+
+The shards' rows never pass through the driver's memory or its view of the object store (a
+driver on a small head node, 1M pairs in 16 shards: `bench/curate_scale.py`). The driver writes
+each input shard to a scratch Arrow file under `OUT/.prefdata/ray/input/` as it reads the source
+(a streamed source is never held whole) and the first stage's actor reads it. Each actor spills
+its stage's rejects to `OUT/.prefdata/rejects/` (`prefdata.pipeline.rejects.write_part`), and the
+last stage's actor writes the shard, sorted by id, to the file the local executor would write.
+What comes back to the driver is the stats and the reject parts' names. The output folder
+therefore has to be on storage every node sees (NFS, a mounted bucket; trivially true for a local
+cluster); the driver checks that it sees every shard's file and says so if it does not.
 
 Decisions:
 * A map_batches call gets exactly one shard. Rows per call are `[output] shard_size`, the same
   unit as the local executor's, so a stage sees the same tables, the engines the same request
   chunks, and the pairs are byte-identical; checkpoints and error messages can name the shard.
 * Checkpoints are the local executor's files (`prefdata.pipeline.checkpoint`), written by the
-  actors into the output folder, which therefore has to be on storage every node sees (NFS,
-  a mounted bucket; trivially true for a local cluster). The driver loads the stages a shard
-  already finished before submitting it, and never submits a shard that is complete.
+  actors into the output folder. The driver finds the stages a shard already finished before
+  submitting it (the actor reads the last one's table), and never submits a shard that is complete.
 * A whole-input stage (`WholeInputStage`: map -> fit -> apply) is a barrier: its `score` runs in
   a pool like any stage, the dataset is materialised, the fit view is a column projection of it
   (each actor's `map_batches` keeps only the declared fit columns of its shards; the driver
@@ -34,18 +42,19 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from prefdata.faults import fault_point
-from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints
+from prefdata.pipeline.checkpoint import STATE_DIR, Checkpoints, table_fingerprint
 from prefdata.pipeline.context import BuildContext, EnginePool
 from prefdata.pipeline.executor import (
     BuildJob,
@@ -56,12 +65,19 @@ from prefdata.pipeline.executor import (
     engine_pool,
 )
 from prefdata.pipeline.local import ExecutionResult, join_phases
-from prefdata.pipeline.rejects import RejectLog
+from prefdata.pipeline.rejects import SPILL_DIR, RejectLog, write_part
 from prefdata.pipeline.stage import Stage, StageStats, is_whole_input
-from prefdata.schemas.errors import PrefdataError, Reject, rejects_table
-from prefdata.schemas.writers import shard_path, sort_by_id, write_bytes_atomic, write_parquet_atomic
+from prefdata.schemas.errors import PrefdataError, rejects_table
+from prefdata.schemas.writers import (
+    read_as_built,
+    shard_path,
+    sort_by_id,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 
 RUNNING_DIR = f"{STATE_DIR}/ray/running"
+INPUT_DIR = f"{STATE_DIR}/ray/input"  # the input shards as Arrow files, read by the first stage's actors
 # Test-only: "<stage position>:<shard or *>[:<marker file>]" makes the actor running that stage on that
 # shard SIGKILL itself; with a marker file only once (the file records that it happened).
 KILL_SHARD_ENV = "PREFDATA_RAY_KILL_SHARD"
@@ -74,9 +90,9 @@ ENVELOPE = pa.schema([
     ("shard", pa.int64()),
     ("next", pa.int32()),  # position of the first stage still to run
     ("keys", pa.list_(pa.string())),  # checkpoint key per stage (empty without checkpoints)
-    ("table", pa.binary()),  # the shard's current table, Arrow IPC stream
-    ("rejects", pa.list_(pa.binary())),  # per finished stage, its rejects table as Arrow IPC
-    ("meta", pa.string()),  # JSON: stage stats, engine identities, actor setup seconds
+    ("source", pa.string()),  # the file holding the shard's table while `table` is empty (input or checkpoint)
+    ("table", pa.binary()),  # the shard's current table, Arrow IPC stream (empty once written)
+    ("meta", pa.string()),  # JSON: stage stats, reject parts, engine identities, actor setup seconds
 ])
 
 
@@ -93,6 +109,24 @@ def to_ipc(table: pa.Table) -> bytes:
 
 def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(data).read_all()
+
+
+def write_arrow_file(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def read_table_file(path: str) -> pa.Table:
+    """An input shard (Arrow file, `INPUT_DIR`) or a stage checkpoint (Parquet), as it was built."""
+    if path.endswith(".arrow"):
+        with pa.memory_map(path) as source:
+            return pa.ipc.open_file(source).read_all()
+    return read_as_built(path)
+
+
+def envelope_table(row: dict[str, Any]) -> pa.Table:
+    return from_ipc(row["table"]) if row["table"] else read_table_file(row["source"])
 
 
 def stats_to_dict(stats: StageStats) -> dict[str, Any]:
@@ -162,8 +196,8 @@ class StageWorker:
 
     def __init__(self, stage_config: Any, stage_factory: Callable[[Any], Stage], settings: RunSettings, position: int,
                  out_dir: str, use_cache: bool, stage_fingerprints: list[str] | None, input_rows: int,
-                 phase: str = "run", fitted: dict[str, Any] | None = None):
-        self.position = position
+                 phase: str = "run", fitted: dict[str, Any] | None = None, last: bool = False):
+        self.position, self.out_dir, self.last = position, Path(out_dir), last  # last: writes the finished shard
         self.phase, self.fitted = phase, fitted  # run (a per-shard stage), or score / apply of a whole-input one
         self.stage = stage_factory(stage_config)
         self.pool, self.store = engine_pool(settings, Path(out_dir), use_cache)
@@ -192,13 +226,14 @@ class StageWorker:
             _kill_hook(position, index)
         meta = json.loads(row["meta"])
         try:
+            table = envelope_table(row)
             if self.phase == "score":
-                out, stats = self.stage.run_score(from_ipc(row["table"]), self.ctx)
+                out, stats = self.stage.run_score(table, self.ctx)
             elif self.phase == "apply":
-                out, stats = self.stage.run_apply(from_ipc(row["table"]), self.fitted, self.ctx)
+                out, stats = self.stage.run_apply(table, self.fitted, self.ctx)
                 stats = join_phases(stats_from_dict(meta["stats"].pop()), stats)
             else:
-                out, stats = self.stage.run(from_ipc(row["table"]), self.ctx)
+                out, stats = self.stage.run(table, self.ctx)
         except Exception as exc:
             raise ShardFailed(f"stage {position} ({label}) failed on shard {index}: {type(exc).__name__}: {exc}") from exc
         if self.phase == "score":  # the stage is half done: the apply pool finishes it
@@ -210,9 +245,16 @@ class StageWorker:
         meta["stats"].append(stats_to_dict(stats))
         meta["engines"].update(self.pool.loaded())
         meta["setup"][str(position)] = max(meta["setup"].get(str(position), 0.0), self.setup_seconds)
+        if out.rejects:
+            part = write_part(self.out_dir / SPILL_DIR, rejects_table(out.rejects), index, position)
+            meta["rejects"].append([position, str(part), len(out.rejects)])
+        if self.last:  # the driver never receives the rows: it checks that it sees this file
+            write_parquet_atomic(sort_by_id(out.table), shard_path(self.out_dir, index))
+            meta["rows"], data = out.table.num_rows, b""
+        else:
+            data = to_ipc(out.table)
         self.running.finish(position, label, index)
-        return {**row, "next": position + 1, "table": to_ipc(out.table),
-                "rejects": [*row["rejects"], to_ipc(rejects_table(out.rejects))], "meta": json.dumps(meta)}
+        return {**row, "next": position + 1, "table": data, "meta": json.dumps(meta)}
 
 
 def worker_env() -> dict[str, str]:
@@ -262,20 +304,22 @@ class RayExecutor:
         finally:
             identities.close()
         run = _RayRun(self.config, job, checkpoints)
-        envelopes = run.resume()
-        if envelopes:
-            run.run_pools(envelopes)
+        try:
+            envelopes = run.resume()
+            if envelopes:
+                run.run_pools(envelopes)
+        finally:  # scratch: a rerun writes them again (and resumes from the checkpoints)
+            shutil.rmtree(run.inputs, ignore_errors=True)
         return run.outcome()
 
     @staticmethod
-    def _resume(index: int, shard: pa.Table, job: BuildJob, checkpoints: Checkpoints | None, keys: list[str],
+    def _resume(index: int, source: Path, job: BuildJob, checkpoints: Checkpoints | None, keys: list[str],
                 whole: list[bool], fits: dict[int, str]):
-        """The stages of `shard` that have checkpoints: (table after them, rejects per stage, stats, keys),
-        stopping at a whole-input stage whose fit has no checkpoint (every shard redoes it from there)."""
-        if checkpoints is None:
-            return shard, [], [], []
-        table, rejects, stats = shard, [], []
-        for position, stage in enumerate(job.stages):
+        """The stages of shard `index` (input file `source`) that have checkpoints: (the file of its table
+        after them, rejects per stage, stats), stopping at a whole-input stage whose fit has no checkpoint
+        (every shard redoes it from there)."""
+        rejects, stats = [], []
+        for position, stage in enumerate(job.stages if checkpoints is not None else []):
             if whole[position] and not checkpoints.has_fit(position, stage.name, fits[position]):
                 break
             found = checkpoints.load(position, stage.name, index, keys[position])
@@ -283,12 +327,8 @@ class RayExecutor:
                 break
             rejects.append(found.rejects)
             stats.append(found.stats)
-            table = found.table_path
-        if not isinstance(table, pa.Table):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(table)
-        return table, rejects, stats, keys
+            source = found.table_path
+        return source, rejects, stats
 
     @staticmethod
     def _failure(exc: Exception, running: RunningShards, unfinished: list[int], out_dir: Path) -> PrefdataError:
@@ -311,10 +351,17 @@ class _RayRun:
 
     def __init__(self, config: ExecutorSettings, job: BuildJob, checkpoints: Checkpoints | None):
         self.config, self.job, self.checkpoints = config, job, checkpoints
-        self.shards = list(job.input_shards())  # a streamed input is held whole here: Ray needs every shard up front
+        self.inputs = Path(job.out_dir) / INPUT_DIR
+        self.sources: list[Path] = []  # shard i's input file; the driver holds one shard at a time
+        fingerprints = []
+        for index, shard in enumerate(job.input_shards()):
+            self.sources.append(self.inputs / f"shard-{index:05d}.arrow")
+            write_arrow_file(shard, self.sources[-1])
+            if checkpoints is not None:
+                fingerprints.append(table_fingerprint(shard))
         self.whole = [is_whole_input(stage) for stage in job.stages]
-        self.chain, self.fits = (checkpoints.chain(self.shards, self.whole) if checkpoints is not None
-                                 else ([[] for _ in self.shards], {}))
+        self.chain, self.fits = (checkpoints.chain_of(fingerprints, self.whole) if checkpoints is not None
+                                 else ([[] for _ in self.sources], {}))
         self.fit_stats: dict[int, StageStats] = {}
         self.result = ExecutionResult(stats=[StageStats(stage.name) for stage in job.stages],
                                       rejects=RejectLog.spilled(job.out_dir))
@@ -324,36 +371,35 @@ class _RayRun:
         self.setup: Counter = Counter()
         self.env: dict[str, str] = {}  # the actors' environment (`worker_env`)
 
-    def finish(self, index: int, table: pa.Table, rejects: list[Sequence[Reject] | pa.Table],
-               stats: list[StageStats]) -> None:
-        """Shard `index` is done: its rows are written and its rejects (one table per stage) spilled; the
-        driver keeps neither."""
-        write_parquet_atomic(sort_by_id(table), shard_path(self.job.out_dir, index))
-        for part in rejects:
-            self.result.rejects.add(part, index)
-        self.done[index] = (table.num_rows, stats)
+    def finish(self, index: int, rows: int, stats: list[StageStats]) -> None:
+        """Shard `index` is done: its rows are written (`shard_path`) and its rejects in the log."""
+        path = shard_path(self.job.out_dir, index)
+        if not path.is_file():
+            raise ShardFailed(f"shard {index} was written by a Ray worker to {path}, which the driver does not see: "
+                              f"the output folder must be on storage every node sees (NFS, a mounted bucket)")
+        self.done[index] = (rows, stats)
         if self.job.on_shard is not None:
-            self.job.on_shard(len(self.done), len(self.shards))
+            self.job.on_shard(len(self.done), len(self.sources))
 
-    def resume(self) -> list:
-        """Shards complete from their checkpoints are written now; the others become envelopes, each put
-        in the object store as it is made (the driver never holds every shard's copy at once)."""
-        import ray
-
+    def resume(self) -> list[dict[str, Any]]:
+        """Shards complete from their checkpoints are written now; the others become envelopes that name
+        the file their table is in (their input, or their last checkpoint)."""
         job, stages, envelopes = self.job, self.job.stages, []
-        for index, shard in enumerate(self.shards):
-            table, rejects, stats, keys = RayExecutor._resume(index, shard, job, self.checkpoints, self.chain[index],
-                                                              self.whole, self.fits)
+        for index, source in enumerate(self.sources):
+            source, rejects, stats = RayExecutor._resume(index, source, job, self.checkpoints, self.chain[index],
+                                                         self.whole, self.fits)
+            for position, part in enumerate(rejects):
+                self.result.rejects.add(part, index, order=position)
             self.result.resumed["stages"] += len(stats)
             if stats and len(stats) == len(stages) or not stages:
                 self.result.resumed["shards"] += bool(stages)
-                self.finish(index, table, rejects, stats)
+                table = read_table_file(str(source))
+                write_parquet_atomic(sort_by_id(table), shard_path(job.out_dir, index))
+                self.finish(index, table.num_rows, stats)
                 continue
-            meta = {"stats": [stats_to_dict(s) for s in stats], "engines": {}, "setup": {}}
-            envelopes.append(ray.put(pa.Table.from_pylist([{
-                "shard": index, "next": len(stats), "keys": keys, "table": to_ipc(table),
-                "rejects": [to_ipc(rejects_table(part)) for part in rejects], "meta": json.dumps(meta)}],
-                schema=ENVELOPE)))
+            meta = {"stats": [stats_to_dict(s) for s in stats], "rejects": [], "engines": {}, "setup": {}}
+            envelopes.append({"shard": index, "next": len(stats), "keys": self.chain[index], "source": str(source),
+                              "table": b"", "meta": json.dumps(meta)})
         return envelopes
 
     def pool(self, dataset, position: int, stage, phase: str = "run", fitted: dict | None = None):
@@ -372,7 +418,8 @@ class _RayRun:
                                        "settings": job.settings, "position": position,
                                        "out_dir": str(job.out_dir.resolve()), "use_cache": job.use_cache,
                                        "stage_fingerprints": fingerprints,
-                                       "input_rows": job.rows(), "phase": phase, "fitted": fitted},
+                                       "input_rows": job.rows(), "phase": phase, "fitted": fitted,
+                                       "last": position == len(job.stages) - 1 and phase != "score"},
                 runtime_env={"env_vars": self.env},
                 max_restarts=self.config.max_retries, max_task_retries=self.config.max_retries)
 
@@ -386,7 +433,7 @@ class _RayRun:
                 dataset = dataset.materialize()
                 view = fit_view_of(dataset, stage.fit_columns)
             except Exception as exc:
-                raise RayExecutor._failure(exc, running, list(range(len(self.shards))), job.out_dir) from exc
+                raise RayExecutor._failure(exc, running, list(range(len(self.sources))), job.out_dir) from exc
             ctx = BuildContext.for_input(EnginePool(job.settings.engines), job.settings.seed, job.rows(),
                                          job.settings.shard_size)
             ctx.info.update(self.published)
@@ -398,15 +445,16 @@ class _RayRun:
         self.fit_stats[position] = loaded[1]
         return self.pool(dataset, position, stage, "apply", loaded[0])
 
-    def run_pools(self, envelopes: list) -> None:
-        """The envelopes through every stage's pool; each shard is written as it comes back."""
+    def run_pools(self, envelopes: list[dict[str, Any]]) -> None:
+        """The envelopes through every stage's pool; the last one writes each shard."""
         import ray.data
 
         out_dir = self.job.out_dir
         running = RunningShards(out_dir)
         running.clear()
         ray.data.DataContext.get_current().enable_progress_bars = False
-        dataset = ray.data.from_arrow_refs(envelopes)  # one block per shard: shards spread over the actors
+        # one block per shard, so the shards spread over the actors
+        dataset = ray.data.from_arrow([pa.Table.from_pylist([envelope], schema=ENVELOPE) for envelope in envelopes])
         self.env = worker_env()
         for position, stage in enumerate(self.job.stages):
             dataset = (self.fit(dataset, position, stage, running) if self.whole[position]
@@ -418,10 +466,11 @@ class _RayRun:
                     self.engines.update(meta["engines"])
                     for position, seconds in meta["setup"].items():
                         self.setup[position] = max(self.setup[position], seconds)
-                    self.finish(row["shard"], from_ipc(row["table"]), [from_ipc(part) for part in row["rejects"]],
-                                [stats_from_dict(s) for s in meta["stats"]])
+                    for position, part, rows in meta["rejects"]:
+                        self.result.rejects.adopt(row["shard"], position, Path(part), rows)
+                    self.finish(row["shard"], meta["rows"], [stats_from_dict(s) for s in meta["stats"]])
         except Exception as exc:
-            unfinished = sorted(set(range(len(self.shards))) - set(self.done))
+            unfinished = sorted(set(range(len(self.sources))) - set(self.done))
             raise RayExecutor._failure(exc, running, unfinished, out_dir) from exc
 
     def outcome(self) -> ExecutorOutcome:
@@ -436,7 +485,7 @@ class _RayRun:
         for position, stats in self.fit_stats.items():
             result.stats[position].merge(stats)
         if checkpoints is not None:
-            for index in range(len(self.shards)):  # the actors' checkpoint files are this build's too
+            for index in range(len(self.sources)):  # the actors' checkpoint files are this build's too
                 for position, key in enumerate(self.chain[index]):
                     checkpoints.load(position, stages[position].name, index, key)
             for position, key in self.fits.items():
@@ -449,22 +498,34 @@ class _RayRun:
 def _project(batch: pa.Table, columns: list[str]) -> pa.Table:
     """The fit columns of the shards in `batch` (envelopes), with each row's shard index."""
     parts = []
-    for shard, data in zip(batch.column("shard").to_pylist(), batch.column("table")):
-        table = from_ipc(data.as_py()).select(columns)
+    for row in batch.to_pylist():
+        shard, table = row["shard"], envelope_table(row).select(columns)
         parts.append(table.append_column("_shard", pa.array([shard] * table.num_rows, type=pa.int64())))
     return pa.concat_tables(parts)
 
 
 def fit_view_of(dataset, columns) -> pa.Table:
     """A whole-input stage's fit view from the materialised envelopes: a projection computed where the
-    blocks are, gathered in shard order (rows keep their order within each shard)."""
+    blocks are, gathered in shard order (rows keep their order within each shard). The parts are
+    ordered, not the rows: each shard's rows are one slice of a part, so the view is the gathered
+    blocks themselves, never a sorted copy."""
     import pyarrow.compute as pc
 
     projected = dataset.map_batches(_project, batch_size=1, batch_format="pyarrow", fn_kwargs={"columns": list(columns)})
-    parts = list(projected.iter_batches(batch_size=None, batch_format="pyarrow"))
-    view = pa.concat_tables(parts, promote_options="permissive")
-    view = view.take(pc.sort_indices(view, sort_keys=[("_shard", "ascending")]))  # a stable sort
-    return view.drop_columns(["_shard"])
+    runs = []  # (shard, arrival, slice): each shard's rows as they came
+    for part in projected.iter_batches(batch_size=None, batch_format="pyarrow"):
+        shards = part.column("_shard").to_numpy()
+        if not len(shards):  # an empty shard: no rows, but its schema joins the view's
+            runs.append((-1, len(runs), part.drop_columns(["_shard"])))
+            continue
+        if (shards[1:] < shards[:-1]).any():  # not one run per shard: sort this part (stable)
+            part = part.take(pc.sort_indices(part, sort_keys=[("_shard", "ascending")]))
+            shards = part.column("_shard").to_numpy()
+        starts = [0, *(1 + (shards[1:] != shards[:-1]).nonzero()[0]).tolist()]
+        for start, end in zip(starts, [*starts[1:], len(shards)]):
+            runs.append((int(shards[start]), len(runs), part.slice(start, end - start).drop_columns(["_shard"])))
+    runs.sort(key=lambda run: run[:2])
+    return pa.concat_tables([run[2] for run in runs], promote_options="permissive")
 
 
 def _causes(exc: BaseException):

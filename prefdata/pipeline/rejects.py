@@ -7,12 +7,15 @@ A curation of 1M pairs can reject a quarter of them, each reject holding its row
 `rejects.parquet` at the end, in shard order and, within a shard, in the order its stages made
 them, whatever order the shards ran in. Without a folder (a log made in memory) the parts stay
 as Arrow tables. The parts are scratch: a resumed build clears them and takes the earlier
-stages' rejects from their checkpoints, as it takes their rows.
+stages' rejects from their checkpoints, as it takes their rows. A part written by another
+process (a Ray actor, `write_part`) joins the log by `adopt`; its `order` (the stage's position)
+places it within its shard.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,17 +45,20 @@ class RejectLog:
     def spilled(cls, out_dir: Path) -> RejectLog:
         return cls(Path(out_dir) / SPILL_DIR)
 
-    def add(self, rejects: Sequence[Reject] | pa.Table, shard: int = 0) -> None:
+    def add(self, rejects: Sequence[Reject] | pa.Table, shard: int = 0, order: int | None = None) -> None:
+        """One batch of rejects of `shard`; `order` places it within the shard (default: after the
+        batches added so far)."""
         table = rejects if isinstance(rejects, pa.Table) else rejects_table(list(rejects))
         if not table.num_rows:
             return
-        sequence = len(self._parts)
-        part: pa.Table | Path = table
-        if self.folder is not None:
-            part = self.folder / f"shard-{shard:05d}-{sequence:06d}.parquet"
-            pq.write_table(table, part, compression="zstd")
-        self._parts.append((shard, sequence, part))
-        self._count += table.num_rows
+        order = len(self._parts) if order is None else order
+        part = table if self.folder is None else write_part(self.folder, table, shard, order)
+        self.adopt(shard, order, part, table.num_rows)
+
+    def adopt(self, shard: int, order: int, part: pa.Table | Path, rows: int) -> None:
+        """A part already made (by `write_part`, possibly in another process) joins the log."""
+        self._parts.append((shard, order, part))
+        self._count += rows
 
     def __len__(self) -> int:
         return self._count
@@ -76,3 +82,13 @@ class RejectLog:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
+
+
+def write_part(folder: Path, table: pa.Table, shard: int, order: int) -> Path:
+    """`table` (rejects) as the part file of (`shard`, `order`) in `folder`. A retried shard writes it
+    again; the rename keeps a worker killed mid-write from leaving half a file under the name."""
+    path = Path(folder) / f"shard-{shard:05d}-{order:06d}.parquet"
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    pq.write_table(table, partial, compression="zstd")
+    os.replace(partial, path)
+    return path

