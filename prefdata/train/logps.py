@@ -173,6 +173,14 @@ def _accepts_logits_to_keep(model: Any) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
+def causal_only(attention_mask: Tensor) -> Tensor | None:
+    """None for a right-padded batch (each row: ones, then zeros), else the mask. With right padding the
+    causal mask alone is exact for every real token (none attends to a later position; pads only
+    attend, and are weighted out), and it lets SDPA run its causal kernel on the grouped K/V heads
+    instead of a padding mask per layer and K/V repeated to every head (kept for the backward pass)."""
+    return None if bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()) else attention_mask
+
+
 def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
     """Summed (token-weighted) response log-probs of the first `rows` rows of a batch (all by default), [N].
 
@@ -180,7 +188,7 @@ def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None, c
     device = next(model.parameters()).device
     n = rows if rows is not None else batch["input_ids"].shape[0]
     input_ids = batch["input_ids"][:n].to(device)
-    attention_mask = batch["attention_mask"][:n].to(device)
+    attention_mask = causal_only(batch["attention_mask"][:n].to(device))
     weights = batch["loss_weights"][:n].to(device)
     first = batch["first_response"]  # logits at position t predict token t+1: keep from first-1 on
     width = input_ids.shape[1]

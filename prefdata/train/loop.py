@@ -47,6 +47,7 @@ from prefdata.train.data import (
     in_holdout,
     load_pairs,
 )
+from prefdata.train.lean_mlp import use_lean_mlp
 from prefdata.train.logps import (
     DEFAULT_CHUNK,
     Reference,
@@ -316,6 +317,8 @@ def policy_and_reference(config: TrainConfig, model: Any, reference_source: Refe
         reference = columns_reference
     if config.gradient_checkpointing:
         _base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lean_mlp:  # after LoRA: a wrapped projection keeps its own forward
+        use_lean_mlp(_base_model(model))
     model.train()
     for module in model.modules():  # DPO trains without dropout (as TRL's disable_dropout)
         if isinstance(module, torch.nn.Dropout):
