@@ -8,7 +8,7 @@ paths run interleaved and then in reverse order, each from an empty prefix cache
 called directly; the same engine as a build calls it (fixed chunks of `--chunk` prompts, for
 byte-identical resume); bare `LLM.generate` with exactly the requests prefdata sends (n samples as
 n requests with derived seeds); bare `LLM.generate` with n samples per request and no seed. All paths use
-the embedded SmolLM2-135M-Instruct in bf16 and the same chat-templated prompts.
+the embedded SmolLM2-135M-Instruct in one dtype (`--dtype`) and the same chat-templated prompts.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--chunk", type=int, default=64, help="prompts per engine call in a build (CachedEngine's chunk)")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--dtype", default=None, help="float32 / bfloat16; default: the engines' own (bfloat16 where the "
+                        "CPU computes it natively, else float32: `python bench/dtype.py`)")
     args = parser.parse_args()
 
     import pyarrow as pa
@@ -38,7 +40,9 @@ def main() -> None:
     prompts = read_prompts(DATA / "oasst_prompt_lottery_150.jsonl", limit=args.prompts).table
     results: dict[str, dict] = {}
 
-    engine = load_engine(EngineConfig(backend="vllm", dtype="bfloat16", kv_cache_gib=2))
+    config = EngineConfig(backend="vllm", dtype=args.dtype, kv_cache_gib=2)
+    dtype = config.resolved().dtype  # both engines and bare transformers run in it
+    engine = load_engine(config)
     formatter = ChatFormatter(engine.tokenizer)
     ids = [formatter.prompt_ids(p) for p in prompts.column("prompt").to_pylist()]
     params = [SamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=i) for i in range(len(ids))]
@@ -106,12 +110,12 @@ def main() -> None:
 
         from prefdata.engines.embedded import resolve_model
 
-        hf = load_engine(EngineConfig(backend="transformers", dtype="bfloat16", batch_size=32))
+        hf = load_engine(EngineConfig(backend="transformers", dtype=dtype, batch_size=32))
         out, seconds = timed(lambda: hf.generate(ids, params))
         tokens = sum(len(c.token_ids) for o in out for c in o)
         results["prefdata transformers engine.generate"] = {"tokens": tokens, "seconds": seconds}
 
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(None), dtype=torch.bfloat16).eval()
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(None), dtype=getattr(torch, dtype)).eval()
         tok = hf.tokenizer
         tok.padding_side = "left"
         total, seconds = 0, 0.0
@@ -128,7 +132,7 @@ def main() -> None:
 
     base = results["bare vLLM LLM.generate"]
     base_rate = base["tokens"] / base["seconds"]
-    print(f"{args.prompts} OASST prompts x n={args.n} x max {args.max_tokens} new tokens, SmolLM2-135M bf16\n")
+    print(f"{args.prompts} OASST prompts x n={args.n} x max {args.max_tokens} new tokens, SmolLM2-135M {dtype}\n")
     print(f"{'path':55s} {'tokens':>7s} {'seconds':>8s} {'tok/s':>8s} {'vs bare vLLM':>12s}")
     for name, r in results.items():
         if r["tokens"] is None:

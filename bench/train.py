@@ -14,10 +14,11 @@ sigmoid loss, beta 0.1. Two reference modes each:
 
 TRL runs with `gradient_checkpointing=False` (its default is True), as prefdata's main runs, so both
 do the same computation per step. prefdata computes response log-probs in chunks of 512 positions
-(`logps_chunk`, never the full [rows, positions, vocab] logits); two variants with precomputed
-log-probs show where the memory goes: `prefdata-columns-full` (the full-logits path, `logps_chunk=0`)
-and `prefdata-columns-gc` (chunks plus gradient checkpointing of the decoder). Each configuration runs in its own process; peak memory is that
-process's peak RSS (`ru_maxrss`: imports, model, optimizer state, activations). Step time is the
+(`logps_chunk`, never the full [rows, positions, vocab] logits); three variants with precomputed
+log-probs show where the memory goes: `prefdata-columns-full` (the full-logits path, `logps_chunk=0`),
+`prefdata-columns-gc` (chunks plus gradient checkpointing of the decoder) and
+`prefdata-columns-autograd-mlp` (the MLPs' own backward instead of `lean_mlp`'s). Each
+configuration runs in its own process; peak memory is that process's peak RSS (`ru_maxrss`: imports, model, optimizer state, activations). Step time is the
 median over the epoch's steps after the first. One run on a shared, noisy 2-core machine: compare
 the ratios within a run, not numbers across runs.
 """
@@ -37,7 +38,9 @@ from pathlib import Path
 from _common import DATA  # noqa: E402, I001 - puts the repository on sys.path first
 
 # Fair order: each prefdata run next to its TRL counterpart; the variants last.
-RUNS = ("prefdata-model", "trl-model", "prefdata-columns", "trl-precompute", "prefdata-columns-full", "prefdata-columns-gc")
+RUNS = ("prefdata-model", "trl-model", "prefdata-columns", "trl-precompute", "prefdata-columns-full", "prefdata-columns-gc",
+        "prefdata-columns-autograd-mlp")
+VARIANTS = ("prefdata-columns-full", "prefdata-columns-gc", "prefdata-columns-autograd-mlp")
 
 
 def peak_rss_mib() -> float:
@@ -80,11 +83,12 @@ def prepare(out: Path, pairs: int, max_length: int) -> tuple[Path, Path]:
     return plain, with_ref
 
 
-def child_prefdata(data: Path, reference: str, args: argparse.Namespace, chunk: int = 512, checkpointing: bool = False) -> dict:
+def child_prefdata(data: Path, reference: str, args: argparse.Namespace, chunk: int = 512, checkpointing: bool = False,
+                   lean_mlp: bool = True) -> dict:
     from prefdata.train import TrainConfig, train
 
     result = train(TrainConfig(dataset=data, output_dir=Path(args.out) / f"run-prefdata-{reference}", reference=reference,
-                               logps_chunk=chunk, gradient_checkpointing=checkpointing,
+                               logps_chunk=chunk, gradient_checkpointing=checkpointing, lean_mlp=lean_mlp,
                                batch_size=args.batch_size, epochs=1, lr=1e-6, warmup_ratio=0.0, max_grad_norm=1.0,
                                max_length=args.max_length, precision="fp32", device="cpu", save_final=False),
                    progress=False)
@@ -155,6 +159,8 @@ def main() -> None:
             out = child_prefdata(with_ref, "columns", args, chunk=0)
         elif args.child == "prefdata-columns-gc":
             out = child_prefdata(with_ref, "columns", args, checkpointing=True)
+        elif args.child == "prefdata-columns-autograd-mlp":
+            out = child_prefdata(with_ref, "columns", args, lean_mlp=False)
         else:
             out = child_trl(plain, args.child == "trl-precompute", args)
         out.update({"peak_rss_mib": peak_rss_mib(), "wall_seconds": time.perf_counter() - started})
@@ -178,7 +184,7 @@ def main() -> None:
         if ours not in results or theirs not in results:
             continue
         a, b = results[ours], results[theirs]
-        variants = [(n, results[n]) for n in ("prefdata-columns-full", "prefdata-columns-gc")
+        variants = [(n, results[n]) for n in VARIANTS
                     if n in results and ours == "prefdata-columns"]
         for name, r in [(ours, a), *variants, (theirs, b)]:
             ratio_t = r["median_step_seconds"] / b["median_step_seconds"]
