@@ -24,7 +24,7 @@ from prefdata.pipeline.checkpoint import Checkpoints, run_shard
 from prefdata.pipeline.context import BuildContext
 from prefdata.pipeline.rejects import RejectLog
 from prefdata.pipeline.stage import Stage, StageOutput, StageStats, WholeInputStage, fit_view, is_whole_input
-from prefdata.schemas.writers import read_as_built, shard_path, sort_by_id, write_parquet_atomic
+from prefdata.schemas.writers import read_as_built, write_shard
 
 
 def iter_shards(table: pa.Table, shard_size: int) -> Iterator[pa.Table]:
@@ -64,8 +64,7 @@ def run_local(table: pa.Table | Iterable[pa.Table], stages: Sequence[Stage], ctx
         result.rejects.add(done.rejects, index)
         result.resumed["stages"] += done.resumed_stages
         result.resumed["shards"] += bool(stages) and done.resumed_stages == len(stages)
-        path = shard_path(out_dir, index)
-        write_parquet_atomic(sort_by_id(done.table), path)
+        path = write_shard(done.table, out_dir, index)
         fault_point("shard_done")
         result.shards.append(path)
         result.rows += done.table.num_rows
@@ -185,9 +184,8 @@ def _barrier(shards: list[_Shard], position: int, stage: WholeInputStage, ctx: B
 
 def _finish(shard: _Shard, out_dir: Path, result: ExecutionResult, on_shard: Callable[[int, int], None] | None,
             total: int) -> None:
-    path = shard_path(out_dir, shard.index)
     table = shard.loaded()
-    write_parquet_atomic(sort_by_id(table), path)
+    path = write_shard(table, out_dir, shard.index)
     fault_point("shard_done")
     result.shards.append(path)
     result.rows += table.num_rows

@@ -68,13 +68,7 @@ from prefdata.pipeline.local import ExecutionResult, join_phases
 from prefdata.pipeline.rejects import SPILL_DIR, RejectLog, write_part
 from prefdata.pipeline.stage import Stage, StageStats, is_whole_input
 from prefdata.schemas.errors import PrefdataError, rejects_table
-from prefdata.schemas.writers import (
-    read_as_built,
-    shard_path,
-    sort_by_id,
-    write_bytes_atomic,
-    write_parquet_atomic,
-)
+from prefdata.schemas.writers import read_as_built, shard_path, write_bytes_atomic, write_shard
 
 RUNNING_DIR = f"{STATE_DIR}/ray/running"
 INPUT_DIR = f"{STATE_DIR}/ray/input"  # the input shards as Arrow files, read by the first stage's actors
@@ -249,7 +243,7 @@ class StageWorker:
             part = write_part(self.out_dir / SPILL_DIR, rejects_table(out.rejects), index, position)
             meta["rejects"].append([position, str(part), len(out.rejects)])
         if self.last:  # the driver never receives the rows: it checks that it sees this file
-            write_parquet_atomic(sort_by_id(out.table), shard_path(self.out_dir, index))
+            write_shard(out.table, self.out_dir, index)
             meta["rows"], data = out.table.num_rows, b""
         else:
             data = to_ipc(out.table)
@@ -394,7 +388,7 @@ class _RayRun:
             if stats and len(stats) == len(stages) or not stages:
                 self.result.resumed["shards"] += bool(stages)
                 table = read_table_file(str(source))
-                write_parquet_atomic(sort_by_id(table), shard_path(job.out_dir, index))
+                write_shard(table, job.out_dir, index)
                 self.finish(index, table.num_rows, stats)
                 continue
             meta = {"stats": [stats_to_dict(s) for s in stats], "rejects": [], "engines": {}, "setup": {}}

@@ -83,7 +83,6 @@ class RejectLog:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-
 def write_part(folder: Path, table: pa.Table, shard: int, order: int) -> Path:
     """`table` (rejects) as the part file of (`shard`, `order`) in `folder`. A retried shard writes it
     again; the rename keeps a worker killed mid-write from leaving half a file under the name."""

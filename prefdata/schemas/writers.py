@@ -159,6 +159,13 @@ def shard_path(out_dir: str | Path, index: int) -> Path:
     return Path(out_dir) / DATA_DIR / SHARD_PATTERN.format(index=index)
 
 
+def write_shard(table: pa.Table, out_dir: str | Path, index: int) -> Path:
+    """A finished shard, its rows sorted by id, written atomically to `shard_path` (every executor's output)."""
+    path = shard_path(out_dir, index)
+    write_parquet_atomic(sort_by_id(table), path)
+    return path
+
+
 def shard_files(out_dir: str | Path) -> list[Path]:
     return sorted((Path(out_dir) / DATA_DIR).glob("train-*.parquet"))
 
