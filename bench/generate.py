@@ -1,14 +1,17 @@
 """Generation throughput: prefdata's engines next to bare vLLM and bare transformers, same prompts.
 
-    python bench/generate.py [--prompts 32] [--n 4] [--max-tokens 128] [--skip-transformers]
+    python bench/generate.py [--prompts 32] [--n 4] [--max-tokens 128] [--kv-cache-gib 1] [--skip-transformers]
 
 Prints tokens/s of generated tokens for each path, and the ratios to bare vLLM, from one run
 (this machine is noisy: compare ratios within a run, not numbers across runs). The two vLLM
 paths run interleaved and then in reverse order, each from an empty prefix cache: prefdata's engine
-called directly; the same engine as a build calls it (fixed chunks of `--chunk` prompts, for
-byte-identical resume); bare `LLM.generate` with exactly the requests prefdata sends (n samples as
-n requests with derived seeds); bare `LLM.generate` with n samples per request and no seed. All paths use
-the embedded SmolLM2-135M-Instruct in one dtype (`--dtype`) and the same chat-templated prompts.
+called directly; the same engine as a build calls it (behind the request cache, a fresh SQLite
+store each time, so its writes are paid and nothing is a hit; one call, or calls of `--chunk`
+prompts); bare `LLM.generate` with exactly the requests prefdata sends (n samples as n requests
+with derived seeds); bare `LLM.generate` with n samples per request and no seed. All paths use the
+embedded SmolLM2-135M-Instruct in one dtype (`--dtype`) and the same chat-templated prompts. With a
+`--kv-cache-gib` smaller than one call's samples need, prefdata's stream admits requests as their
+whole KV need fits (never preempting) where bare vLLM admits on the prompt alone and preempts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32, help="OASST prompts (over --chunk: several engine calls in a build)")
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--chunk", type=int, default=64, help="prompts per engine call in a build (CachedEngine's chunk)")
+    parser.add_argument("--chunk", type=int, default=None, help="prompts per engine call in a build (default: one call)")
+    parser.add_argument("--kv-cache-gib", type=int, default=None, help="vLLM's KV cache (default: the engine's)")
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16; default: the engines' own (bfloat16 where the "
                         "CPU computes it natively, else float32: `python bench/dtype.py`)")
@@ -40,7 +44,8 @@ def main() -> None:
     prompts = read_prompts(DATA / "oasst_prompt_lottery_150.jsonl", limit=args.prompts).table
     results: dict[str, dict] = {}
 
-    config = EngineConfig(backend="vllm", dtype=args.dtype, kv_cache_gib=2)
+    kv = {} if args.kv_cache_gib is None else {"kv_cache_gib": args.kv_cache_gib}
+    config = EngineConfig(backend="vllm", dtype=args.dtype, **kv)
     dtype = config.resolved().dtype  # both engines and bare transformers run in it
     engine = load_engine(config)
     formatter = ChatFormatter(engine.tokenizer)
@@ -53,11 +58,15 @@ def main() -> None:
     bare = engine._llm  # the same loaded LLM, called directly: what the wrapper costs
     vparams = VSamplingParams(n=args.n, temperature=0.8, max_tokens=args.max_tokens, seed=None)
 
-    from prefdata.engines.cache import CachedEngine
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from prefdata.engines.cache import CachedEngine, RequestStore
 
     seeded = [engine._vllm_params(sample) for p in params for sample in p.per_sample()]  # what prefdata sends
     seeded_prompts = [{"prompt_token_ids": list(ids[i])} for i, p in enumerate(params) for _ in p.per_sample()]
-    chunked = CachedEngine(engine, None, identity=None, chunk=args.chunk)  # a build's path: fixed chunks, no store
+    scratch = Path(tempfile.mkdtemp(prefix="bench-generate-"))
 
     def count(out: list) -> int:
         return sum(len(c.token_ids) for o in out for c in o)
@@ -66,8 +75,12 @@ def main() -> None:
         out, seconds = timed(lambda: engine.generate(ids, params))
         return count(out), seconds
 
-    def run_chunked() -> tuple[int, float]:
-        out, seconds = timed(lambda: chunked.generate(ids, params))
+    def run_in_build() -> tuple[int, float]:
+        store = RequestStore(scratch / f"requests-{len(list(scratch.iterdir()))}.sqlite")  # empty: every request runs
+        cached = CachedEngine(engine, store, identity={"bench": "generate"}, chunk=args.chunk)
+        out, seconds = timed(lambda: cached.generate(ids, params))
+        assert store.counts["hits"] == 0 and store.counts["writes"] == len(ids)
+        store.close()
         return count(out), seconds
 
     def run_bare() -> tuple[int, float]:
@@ -82,7 +95,7 @@ def main() -> None:
 
     # Interleaved, then the same in reverse: no path always runs first (or last) on a warm machine.
     paths = {"prefdata vLLM engine.generate": run_prefdata,
-             f"prefdata engine in a build (chunks of {args.chunk} prompts)": run_chunked,
+             "prefdata engine in a build (request cache; " + (f"calls of {args.chunk} prompts)" if args.chunk else "one call)"): run_in_build,
              "bare vLLM LLM.generate, the same seeded requests": run_bare_seeded,
              "bare vLLM LLM.generate": run_bare}
     order = list(paths) + list(reversed(paths))
@@ -103,6 +116,7 @@ def main() -> None:
     results["prefdata on_policy stage (generate + judge + pair)"] = {
         "tokens": None, "seconds": seconds, "pairs": stage_out.table.num_rows, "prompts": len(ids)}
     engine.close()
+    shutil.rmtree(scratch)
 
     if not args.skip_transformers:
         import torch
@@ -132,7 +146,8 @@ def main() -> None:
 
     base = results["bare vLLM LLM.generate"]
     base_rate = base["tokens"] / base["seconds"]
-    print(f"{args.prompts} OASST prompts x n={args.n} x max {args.max_tokens} new tokens, SmolLM2-135M {dtype}\n")
+    print(f"{args.prompts} OASST prompts x n={args.n} x max {args.max_tokens} new tokens, SmolLM2-135M {dtype}, "
+          f"KV cache {config.kv_cache_gib:g} GiB\n")
     print(f"{'path':55s} {'tokens':>7s} {'seconds':>8s} {'tok/s':>8s} {'vs bare vLLM':>12s}")
     for name, r in results.items():
         if r["tokens"] is None:

@@ -192,7 +192,7 @@ def apply(dataset: Any, stage: Any, engines: Mapping[str, Any] | None = None, *,
         table, rejects = _as_prompt_table(table)
     check_chain([stage], table.column_names)
 
-    # The builder's request chunking (no cache): the engine sees the batches a build gives it.
+    # The builder's engine wrapper (no cache): the engine sees the calls, so the batches, a build gives it.
     pool = EnginePool({}, wrap=lambda engine, identity: CachedEngine(engine, None, identity=identity))
     for name, engine in (engines or {}).items():
         if not isinstance(engine, Engine):

@@ -3,7 +3,7 @@
 `PREFDATA_KILL_AT="point"` or `"point:N"` makes the N-th (default first) pass through
 `fault_point("point")` send SIGKILL to its own process: no cleanup handlers, no flushing, the
 same as an out-of-memory kill or a preempted machine. Unset (always, outside tests) it is one
-dictionary lookup. Points: `engine_chunk` (after a chunk of engine requests is cached),
+dictionary lookup. Points: `engine_chunk` (after an engine call's results are cached),
 `parquet_write` (a Parquet file half written under its temporary name), `stage_done` (a stage's
 checkpoint committed, the next stage not started), `fit_done` (a whole-input stage's fitted state
 checkpointed, no shard applied yet), `shard_done` (a shard's output written).

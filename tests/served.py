@@ -59,7 +59,7 @@ class ServedModel:
             self.process.wait(timeout=30)
 
 
-def start_vllm_server(model_dir: str, name: str, log: Path, kv_cache_gib: float = 1.0) -> ServedModel:
+def start_vllm_server(model_dir: str, name: str, log: Path, kv_cache_gib: int = 1) -> ServedModel:
     port = free_port()
     cores = sorted(os.sched_getaffinity(0))
     env = dict(os.environ)

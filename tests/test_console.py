@@ -71,8 +71,8 @@ def test_resumed_shards_count_as_done_but_not_in_the_eta():
 
 
 def test_rows_done_advance_inside_a_single_shard_of_a_real_build(tmp_path, hf_engine):
-    """40 pairs in one shard through `reference_logps`: 80 score requests, two engine chunks, so
-    the stage's rows done move twice before the shard is finished."""
+    """40 pairs in one shard through `reference_logps`: 80 score requests in one engine call, whose
+    batches the engine reports as they finish, so the stage's rows done move while the shard runs."""
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}.", "chosen": f"{i}.", "rejected": "No."}) + "\n"
                               for i in range(40)))
@@ -92,7 +92,11 @@ def test_rows_done_advance_inside_a_single_shard_of_a_real_build(tmp_path, hf_en
               "stages": [{"type": "reference_logps"}], "output": {"dir": str(tmp_path / "out"), "shard_size": 64}}
     recorder = Recorder()
     run_build(recipe, engines={"policy": hf_engine}, progress=recorder, cache=False)
-    assert seen == [("chunk", 32, 0), ("chunk", 39, 0), ("shard", 40, 1)]
+    *inside, last = seen
+    rows = [r for _, r, _ in inside]
+    assert {kind for kind, _, _ in inside} == {"chunk"} and {shards for _, _, shards in inside} == {0}
+    assert rows == sorted(rows) and len(set(r for r in rows if r < 40)) >= 2  # moved more than once, never back
+    assert last == ("shard", 40, 1)
 
 
 def _stats(name: str = "on_policy") -> dict:

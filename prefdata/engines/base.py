@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -108,6 +109,9 @@ class Engine(ABC):
     revision: str | None = None
     tokenizer: Any
     max_model_len: int
+    # Set by a caller that shows progress; engines that finish a call's requests one by one (vLLM)
+    # call it with how many of the call's prompts are done so far. Others report nothing.
+    on_finished: Callable[[int], None] | None = None
 
     @abstractmethod
     def generate(self, prompts: Sequence[Sequence[int]],
@@ -182,6 +186,24 @@ def check_spans(sequences: Sequence[Sequence[int]], spans: Sequence[tuple[int, i
     for i, (seq, (start, end)) in enumerate(zip(sequences, spans)):
         if not 0 <= start <= end <= len(seq):
             raise ValueError(f"sequence {i}: span [{start}, {end}) is outside its {len(seq)} tokens")
+
+
+class FinishedPrompts:
+    """Counts a call's prompts whose requests (`owners[i]`: the prompt request i belongs to) are all
+    done, and reports the count to `report` (an engine's `on_finished`) whenever it grows."""
+
+    def __init__(self, owners: Sequence[int], report: Callable[[int], None] | None):
+        self.owners, self.report, self.done = list(owners), report, 0
+        self.left = Counter(self.owners)
+
+    def add(self, requests: Iterable[int]) -> None:
+        newly = 0
+        for i in requests:
+            self.left[self.owners[i]] -= 1
+            newly += self.left[self.owners[i]] == 0
+        self.done += newly
+        if newly and self.report is not None:
+            self.report(self.done)
 
 
 class ContextLengthError(ValueError):

@@ -79,7 +79,7 @@ class EngineConfig(BaseModel):
         None, ge=1, description="transformers: sequences per teacher-forced pass (score, hidden states); empty = 1 on "
                                 "a CPU (no padding, so each sequence's numbers do not depend on what else is in its "
                                 "shard, and no slower there), batch_size on a GPU")
-    kv_cache_gib: float = Field(1.0, gt=0, description="vLLM on CPU: KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gib: int = Field(1, ge=1, description="vLLM on CPU: KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE takes an integer)")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM on GPU: share of GPU memory to use")
     enforce_eager: bool | None = Field(None, description="vLLM: skip torch.compile/CUDA graphs; default True on CPU, False on GPU")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs per model replica")

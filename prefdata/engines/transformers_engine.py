@@ -13,12 +13,19 @@ default) and read each row's own span from its offset, so either side gives the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from prefdata.engines.base import Completion, Engine, SamplingParams, check_spans, normalise_params
+from prefdata.engines.base import (
+    Completion,
+    Engine,
+    FinishedPrompts,
+    SamplingParams,
+    check_spans,
+    normalise_params,
+)
 from prefdata.engines.config import EngineConfig
 from prefdata.engines.embedded import resolve_model
 from prefdata.engines.identity import config_identity, tensors_fingerprint, tokenizer_fingerprint
@@ -90,7 +97,7 @@ class TransformersEngine(Engine):
         outputs: list[Completion | None] = [None] * len(requests)
         # Longest first so each batch pads little; results are put back by request position.
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]))
-        for batch in _batches(order, self.config.batch_size):
+        for batch in self._reporting(_batches(order, self.config.batch_size), [index for index, _, _ in requests]):
             done = self._generate_batch([requests[i][1] for i in batch], [requests[i][2] for i in batch])
             for i, completion in zip(batch, done):
                 outputs[i] = completion
@@ -221,9 +228,17 @@ class TransformersEngine(Engine):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             return out.logits, offsets
 
-    def _token_batches(self, lengths: list[int]) -> list[list[int]]:
+    def _token_batches(self, lengths: list[int]) -> Iterator[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        return _batches(order, self.config.forward_batch_size)
+        return self._reporting(_batches(order, self.config.forward_batch_size), range(len(lengths)))
+
+    def _reporting(self, batches: list[list[int]], owners: Sequence[int]) -> Iterator[list[int]]:
+        """Yields each batch of request positions; once the caller is done with it, reports the
+        prompts (`owners`) that are finished (`on_finished`)."""
+        finished = FinishedPrompts(owners, self.on_finished)
+        for batch in batches:
+            yield batch
+            finished.add(batch)
 
     def score(self, prompts: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[np.ndarray]:
         import torch

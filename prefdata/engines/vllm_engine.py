@@ -8,10 +8,15 @@ What this wrapper does that a bare `LLM(...)` does not (each measured with vllm-
   seeded prompt's prefill is split across steps ("CPU Generator does not use offset"), so on
   CPU chunked prefill is off: the scheduler takes up to 16384 tokens per step and a prompt that
   does not fit what is left waits for the next step whole (a prefill is never split).
-* **No preemption.** Each call to vLLM holds only as many requests as the KV cache can run to
-  their end together (prompt + max_tokens each); the rest go in the next call. vLLM never
-  preempts a request to recompute it later (in another batch, so with other numerics: the
-  output would depend on memory pressure).
+* **One stream per call, no preemption.** A call's requests go to one running engine, fed in
+  input order: a request is admitted when its whole KV need (prompt + max_tokens, in blocks) fits
+  beside the needs of those still running, and each finished request frees its share, so the
+  batch refills as samples end and only the call's last requests run under-filled (fixed chunks
+  each paid that tail: 0.91x bare vLLM in two chunks). Every admitted request can run to its end,
+  so vLLM never preempts one to recompute it later (in another batch, so with other numerics: the
+  output would depend on memory pressure). The engine core steps only when prefdata asks (see
+  below), so which requests share each step is the same in every run. Finished results are
+  reported as they come (`on_finished`: progress displays).
 * **Deterministic batches.** On CPU the engine core runs in this process
   (`VLLM_ENABLE_V1_MULTIPROCESSING=0`): it steps only inside `generate`, after every request of
   the call is queued. In its own process it starts stepping as the first requests arrive, so
@@ -39,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from prefdata.engines.base import Completion, Engine, SamplingParams, normalise_params
+from prefdata.engines.base import Completion, Engine, FinishedPrompts, SamplingParams, normalise_params
 from prefdata.engines.config import EngineConfig, cuda_available
 from prefdata.engines.embedded import is_embedded, resolve_model
 from prefdata.engines.identity import config_identity
@@ -142,9 +147,8 @@ class VLLMEngine(Engine):
                 samples.append(sample)
         if not token_prompts:
             return [[] for _ in prompts]
-        outputs = []
-        for part in self._kv_bounded([len(t["prompt_token_ids"]) + s.max_tokens for t, s in zip(token_prompts, samples)]):
-            outputs.extend(self._call(token_prompts[part], vparams[part]))
+        needs = [len(t["prompt_token_ids"]) + s.max_tokens for t, s in zip(token_prompts, samples)]
+        outputs = self._stream(token_prompts, vparams, needs, owners)
         results: list[list[Completion]] = [[] for _ in prompts]
         # vLLM returns outputs in request order; owners maps each back to its prompt position.
         for owner, sample, output in zip(owners, samples, outputs):
@@ -152,38 +156,61 @@ class VLLMEngine(Engine):
         return results
 
     reset_prefix_cache = True  # per call; False only to measure what it costs (bench/determinism.py)
+    peak_reserved_blocks = 0  # the most KV blocks the requests in flight together could need, in the last call
 
-    def _call(self, prompts: list[Any], params: Any) -> list[Any]:
-        """One `LLM.generate`, starting from an empty prefix cache: requests of the call still share
-        their common prefixes, but nothing is read from blocks an earlier call computed, so a
-        call's numbers depend only on its own requests (a resumed build, whose first chunks are
-        cache hits that never reach the engine, computes what an uninterrupted one did)."""
-        if self.reset_prefix_cache:
-            self._llm.reset_prefix_cache()
-        return self._llm.generate(prompts, params, use_tqdm=False)
+    def kv_cache_blocks(self) -> tuple[int, int] | None:
+        """(blocks, tokens per block) of the KV cache, as the engine reported at start."""
+        cache = self._llm.llm_engine.vllm_config.cache_config
+        return (cache.num_gpu_blocks, cache.block_size) if cache.num_gpu_blocks else None
 
     def kv_cache_tokens(self) -> int | None:
-        """Tokens the KV cache holds (whole blocks), as the engine process reported at start."""
-        cache = self._llm.llm_engine.vllm_config.cache_config
-        return cache.num_gpu_blocks * cache.block_size if cache.num_gpu_blocks else None
+        """Tokens the KV cache holds (whole blocks)."""
+        blocks = self.kv_cache_blocks()
+        return blocks[0] * blocks[1] if blocks else None
 
-    def _kv_bounded(self, needs: Sequence[int]) -> list[slice]:
-        """Consecutive runs of requests whose KV needs (prompt + new tokens, in whole blocks) fit the
-        KV cache together, one engine call each: every request of a call can run to its end at
-        once, so vLLM never has to preempt one and recompute it in another batch (other numerics:
-        the output would depend on memory pressure)."""
-        cache = self._llm.llm_engine.vllm_config.cache_config
-        if not cache.num_gpu_blocks:
-            return [slice(0, len(needs))]
-        parts, start, used = [], 0, 0
-        for i, need in enumerate(needs):
-            blocks = -(-need // cache.block_size)
-            if i > start and used + blocks > cache.num_gpu_blocks:
-                parts.append(slice(start, i))
-                start, used = i, 0
-            used += blocks
-        parts.append(slice(start, len(needs)))
-        return parts
+    def _stream(self, prompts: list[Any], params: Any, needs: Sequence[int], owners: Sequence[int] | None = None) -> list[Any]:
+        """Runs one call's requests through the engine and returns their outputs in input order.
+
+        Requests are admitted in input order whenever their KV needs (`needs`: tokens each may
+        hold, rounded up to whole blocks) fit beside those still running; a request needing more
+        than the whole cache runs alone. The call starts from an empty prefix cache: its requests
+        share their common prefixes, but nothing is read from blocks an earlier call computed, so
+        a call's numbers depend only on its own requests (a resumed build, whose finished calls are
+        cache hits that never reach the engine, computes what an uninterrupted one did).
+        `owners[i]` is the prompt request i samples for (progress counts prompts whose samples are
+        all done)."""
+        if self.reset_prefix_cache:
+            self._llm.reset_prefix_cache()
+        engine, capacity = self._llm.llm_engine, self.kv_cache_blocks()
+        blocks = [-(-need // capacity[1]) if capacity else 0 for need in needs]
+        finished = FinishedPrompts(owners if owners is not None else range(len(prompts)), self.on_finished)
+        outputs: list[Any] = [None] * len(prompts)
+        running: dict[str, int] = {}  # request id -> position in this call
+        admitted = reserved = 0
+        self.peak_reserved_blocks = 0
+        try:
+            while admitted < len(prompts) or running:
+                start = admitted
+                while admitted < len(prompts) and (
+                        capacity is None or reserved + blocks[admitted] <= capacity[0] or not running and admitted == start):
+                    reserved += blocks[admitted]
+                    admitted += 1
+                if admitted > start:
+                    ids = self._llm.enqueue(prompts[start:admitted], params if not isinstance(params, list)
+                                            else params[start:admitted], use_tqdm=False)
+                    # enqueue returns vLLM's internal ids ("<request id>-<8 random chars>"); outputs carry the request id
+                    running.update((rid.rsplit("-", 1)[0], i) for rid, i in zip(ids, range(start, admitted)))
+                self.peak_reserved_blocks = max(self.peak_reserved_blocks, reserved)
+                for output in engine.step():
+                    if output.finished:
+                        i = running.pop(output.request_id)
+                        outputs[i], reserved = output, reserved - blocks[i]
+                        finished.add([i])
+        except BaseException:
+            if running:  # leave no request behind to run in (and change the numbers of) the next call
+                engine.abort_request(list(running))
+            raise
+        return outputs
 
     @staticmethod
     def _completion(out: Any, p: SamplingParams) -> Completion:
@@ -207,9 +234,7 @@ class VLLMEngine(Engine):
         if not sequences:
             return []
         params = VSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
-        outputs = []
-        for part in self._kv_bounded([len(s) + 1 for s in sequences]):
-            outputs.extend(self._call([{"prompt_token_ids": s} for s in sequences[part]], params))
+        outputs = self._stream([{"prompt_token_ids": s} for s in sequences], params, [len(s) + 1 for s in sequences])
         results = []
         for prompt, seq, output in zip(prompts, sequences, outputs):
             entries = output.prompt_logprobs  # entry t: {token_t: Logprob} (None at t = 0)

