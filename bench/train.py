@@ -14,10 +14,11 @@ sigmoid loss, beta 0.1. Two reference modes each:
 
 TRL runs with `gradient_checkpointing=False` (its default is True), as prefdata's main runs, so both
 do the same computation per step. prefdata computes response log-probs in chunks of 512 positions
-(`logps_chunk`, never the full [rows, positions, vocab] logits); three variants with precomputed
-log-probs show where the memory goes: `prefdata-columns-full` (the full-logits path, `logps_chunk=0`),
-`prefdata-columns-gc` (chunks plus gradient checkpointing of the decoder) and
-`prefdata-columns-autograd-mlp` (the MLPs' own backward instead of `lean_mlp`'s). Each
+(`logps_chunk`, never the full [rows, positions, vocab] logits) and runs the decoder on each batch's
+real tokens only (`padding_free`); four variants with precomputed log-probs show where the time and
+memory go: `prefdata-columns-full` (the full-logits path, `logps_chunk=0`), `prefdata-columns-gc`
+(chunks plus gradient checkpointing of the decoder), `prefdata-columns-autograd-mlp` (the MLPs' own
+backward instead of `lean_mlp`'s) and `prefdata-columns-padded` (`padding_free=False`). Each
 configuration runs in its own process; peak memory is that process's peak RSS (`ru_maxrss`: imports, model, optimizer state, activations). Step time is the
 median over the epoch's steps after the first. One run on a shared, noisy 2-core machine: compare
 the ratios within a run, not numbers across runs.
@@ -39,8 +40,8 @@ from _common import DATA  # noqa: E402, I001 - puts the repository on sys.path f
 
 # Fair order: each prefdata run next to its TRL counterpart; the variants last.
 RUNS = ("prefdata-model", "trl-model", "prefdata-columns", "trl-precompute", "prefdata-columns-full", "prefdata-columns-gc",
-        "prefdata-columns-autograd-mlp")
-VARIANTS = ("prefdata-columns-full", "prefdata-columns-gc", "prefdata-columns-autograd-mlp")
+        "prefdata-columns-autograd-mlp", "prefdata-columns-padded")
+VARIANTS = ("prefdata-columns-full", "prefdata-columns-gc", "prefdata-columns-autograd-mlp", "prefdata-columns-padded")
 
 
 def peak_rss_mib() -> float:
@@ -84,11 +85,11 @@ def prepare(out: Path, pairs: int, max_length: int) -> tuple[Path, Path]:
 
 
 def child_prefdata(data: Path, reference: str, args: argparse.Namespace, chunk: int = 512, checkpointing: bool = False,
-                   lean_mlp: bool = True) -> dict:
+                   lean_mlp: bool = True, padding_free: bool = True) -> dict:
     from prefdata.train import TrainConfig, train
 
     result = train(TrainConfig(dataset=data, output_dir=Path(args.out) / f"run-prefdata-{reference}", reference=reference,
-                               logps_chunk=chunk, gradient_checkpointing=checkpointing, lean_mlp=lean_mlp,
+                               logps_chunk=chunk, gradient_checkpointing=checkpointing, lean_mlp=lean_mlp, padding_free=padding_free,
                                batch_size=args.batch_size, epochs=1, lr=1e-6, warmup_ratio=0.0, max_grad_norm=1.0,
                                max_length=args.max_length, precision="fp32", device="cpu", save_final=False),
                    progress=False)
@@ -161,6 +162,8 @@ def main() -> None:
             out = child_prefdata(with_ref, "columns", args, checkpointing=True)
         elif args.child == "prefdata-columns-autograd-mlp":
             out = child_prefdata(with_ref, "columns", args, lean_mlp=False)
+        elif args.child == "prefdata-columns-padded":
+            out = child_prefdata(with_ref, "columns", args, padding_free=False)
         else:
             out = child_trl(plain, args.child == "trl-precompute", args)
         out.update({"peak_rss_mib": peak_rss_mib(), "wall_seconds": time.perf_counter() - started})

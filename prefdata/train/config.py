@@ -140,6 +140,7 @@ class TrainConfig(BaseModel):
     logps_chunk: int = Field(512, ge=0, description="Response positions per LM-head chunk in the log-prob pass (0 = full logits)")
     gradient_checkpointing: bool = Field(False, description="Recompute the decoder's activations in the backward pass (less memory, ~1.3x time)")
     lean_mlp: bool = Field(True, description="SwiGLU MLPs keep their input, gate and up projections and recompute the rest in the backward pass (same gradients, less memory)")
+    padding_free: bool = Field(True, description="Run the decoder on each batch's real tokens only, packed into one row with attention per row (same log-probs; no compute or memory spent on padding; sdpa models)")
     seed: int = Field(0, description="Seed of the shuffle and of any random init")
     log_every: int = Field(1, ge=1, description="Write a metrics line every N optimizer steps")
     save_every: int | None = Field(None, ge=1, description="Save a checkpoint every N optimizer steps (the final one always)")

@@ -150,6 +150,7 @@ def evaluate(config: EvalConfig, *, model: Any = None, tokenizer: Any = None, re
              output: str | Path | None = None) -> dict[str, Any]:
     """Load the dataset and model(s), score every usable pair, return (and optionally write) the metrics."""
     from prefdata.train.logps import columns_reference, load_causal_lm, model_reference, pick_device
+    from prefdata.train.packing import use_packed_attention
 
     device = pick_device(config.device)
     ds = load_pairs(config.dataset, config.limit)
@@ -162,14 +163,19 @@ def evaluate(config: EvalConfig, *, model: Any = None, tokenizer: Any = None, re
     use_columns = has_columns and config.reference != ReferenceSource.MODEL
     if config.alpha_column is not None and config.alpha_column not in ds.column_names:
         raise TrainError(f"{config.dataset}: no column '{config.alpha_column}' (--alpha-column)")
-    if model is None:
+    if model is None:  # one it loads itself runs padding-free (the same numbers, less time)
         model, tokenizer, _ = load_causal_lm(config.model, device)
+        use_packed_attention(model)
     if use_columns:
         reference = columns_reference
     else:
         if reference_model is None:
             same = config.reference_model == config.model
-            reference_model = model if same else load_causal_lm(config.reference_model, device)[0]
+            if not same:
+                reference_model = load_causal_lm(config.reference_model, device)[0]
+                use_packed_attention(reference_model)
+            else:
+                reference_model = model
         reference = model_reference(reference_model.eval())
     spec = EncodeSpec(max_length=config.max_length, ref_columns=use_columns, alpha_column=config.alpha_column)
     encoded = encode_pairs(ds, tokenizer, spec, str(config.dataset))

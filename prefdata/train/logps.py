@@ -12,6 +12,9 @@ Two paths give the same numbers (tests check values and gradients to 1e-5 in fp3
   the plain path hold them, their log-softmax and their gradient: with a 49k vocabulary these
   dominate a small model's activation memory). Models whose output layer is not a plain linear
   map of the final hidden states (logit soft-capping or scaling) use the full path.
+  On a model switched to packed attention (`prefdata.train.packing.use_packed_attention`: the
+  trainer's default, `padding_free`), a right-padded batch's real tokens run as one packed row and
+  the LM head sees only the positions that predict a real token: no pass computes padding.
 * **full** (`chunk_size = 0`): the model's own forward with `logits_to_keep`, then log-softmax.
 """
 
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from prefdata.train.losses import sequence_logps
+from prefdata.train.packing import packed_attention, packed_hidden_states
 from prefdata.types import Precision
 
 
@@ -194,6 +198,9 @@ def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None, c
     width = input_ids.shape[1]
     targets = input_ids[:, first:]
     parts = _chunkable(model) if chunk_size > 0 else None
+    if parts is not None and attention_mask is None and packed_attention(model) and _accepts_keywords(parts[0]):
+        return _packed_response_logps(*parts, input_ids, batch["attention_mask"][:n].to(device), weights, first,
+                                      chunk_size)
     if parts is not None:
         decoder, head = parts
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
@@ -207,6 +214,23 @@ def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None, c
     logits = logits[:, :-1].float()  # positions first-1 .. T-2 predict tokens first .. T-1
     per_token = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
     return sequence_logps(per_token, weights[:, first:])
+
+
+def _packed_response_logps(decoder: Any, head: torch.nn.Linear, input_ids: Tensor, attention_mask: Tensor,
+                           weights: Tensor, first: int, chunk_size: int) -> Tensor:
+    """`response_logps` on the real tokens only (`prefdata.train.packing`): the LM head runs on the
+    positions whose next token is a real response-side token, the rest stay 0 (weight 0)."""
+    hidden, starts = packed_hidden_states(decoder, input_ids, attention_mask)
+    predicted = attention_mask[:, first:].bool()  # [rows, P]: position t-1 predicts real token t
+    steps = torch.arange(first - 1, input_ids.shape[1] - 1, device=input_ids.device)
+    where = (starts[:, None] + steps[None, :])[predicted]  # packed index of each predicting position
+    per_real = chunked_token_logps(hidden[where][None], head, input_ids[:, first:][predicted][None], chunk_size)[0]
+    per_token = per_real.new_zeros(predicted.shape).masked_scatter(predicted, per_real)
+    return sequence_logps(per_token, weights[:, first:])
+
+
+def _accepts_keywords(module: Any) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(module.forward).parameters.values())
 
 
 # --- references: where a batch's reference log-probs come from (the trainer and `evaluate`) ---

@@ -60,6 +60,7 @@ from prefdata.train.logps import (
     response_logps,
 )
 from prefdata.train.losses import nll_term, preference_loss, rationale_term
+from prefdata.train.packing import use_packed_attention
 from prefdata.train.schedule import lr_at, warmup_steps
 from prefdata.types import LossType, ReferenceSource
 
@@ -319,6 +320,10 @@ def policy_and_reference(config: TrainConfig, model: Any, reference_source: Refe
         _base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lean_mlp:  # after LoRA: a wrapped projection keeps its own forward
         use_lean_mlp(_base_model(model))
+    if config.padding_free:  # sdpa models; others keep padded batches
+        for packable in (model, ref_model):
+            if packable is not None:
+                use_packed_attention(packable)
     model.train()
     for module in model.modules():  # DPO trains without dropout (as TRL's disable_dropout)
         if isinstance(module, torch.nn.Dropout):
