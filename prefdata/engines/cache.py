@@ -186,7 +186,7 @@ class CachedEngine(Engine):
             found = self.store.get_many(wanted) if self.store is not None and wanted else {}
             todo = [i for i in positions if keys[i] is None or keys[i] not in found]
             for i in positions:
-                if i not in todo:
+                if keys[i] is not None and keys[i] in found:
                     results[i] = decode(found[keys[i]])
             if todo:
                 for i, value in zip(todo, self._run_reporting(run, todo, op, start + len(positions) - len(todo), count)):

@@ -38,6 +38,7 @@ What this wrapper does that a bare `LLM(...)` does not (each measured with vllm-
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -156,6 +157,7 @@ class VLLMEngine(Engine):
         return results
 
     reset_prefix_cache = True  # per call; False only to measure what it costs (bench/determinism.py)
+    _request_ids = itertools.count()  # unique over the process: vLLM keeps finished ids for a while
     peak_reserved_blocks = 0  # the most KV blocks the requests in flight together could need, in the last call
 
     def kv_cache_blocks(self) -> tuple[int, int] | None:
@@ -195,11 +197,10 @@ class VLLMEngine(Engine):
                         capacity is None or reserved + blocks[admitted] <= capacity[0] or not running and admitted == start):
                     reserved += blocks[admitted]
                     admitted += 1
-                if admitted > start:
-                    ids = self._llm.enqueue(prompts[start:admitted], params if not isinstance(params, list)
-                                            else params[start:admitted], use_tqdm=False)
-                    # enqueue returns vLLM's internal ids ("<request id>-<8 random chars>"); outputs carry the request id
-                    running.update((rid.rsplit("-", 1)[0], i) for rid, i in zip(ids, range(start, admitted)))
+                for i in range(start, admitted):  # LLMEngine.add_request: the same in vLLM 0.11 and 0.32
+                    request_id = f"prefdata-{next(self._request_ids)}"
+                    engine.add_request(request_id, prompts[i], params[i] if isinstance(params, list) else params)
+                    running[request_id] = i
                 self.peak_reserved_blocks = max(self.peak_reserved_blocks, reserved)
                 for output in engine.step():
                     if output.finished:

@@ -20,24 +20,30 @@ pytestmark = pytest.mark.vllm
 
 @pytest.fixture
 def engine_log(vllm_engine, monkeypatch):
-    """Records, for each batch of requests the engine admits, how many were still running, and
-    counts the requests the scheduler preempts."""
-    log = {"admitted_beside": [], "preempted": 0}
-    llm = vllm_engine._llm
-    enqueue = llm.enqueue
+    """Records, for each request the engine is given, the engine steps run so far and how many
+    requests were unfinished then, and counts the requests the scheduler preempts."""
+    log = {"added": [], "preempted": 0}
+    engine = vllm_engine._llm.llm_engine
+    add, step = engine.add_request, engine.step
+    steps = [0]
 
-    def recording_enqueue(prompts, *args, **kwargs):
-        log["admitted_beside"].append(llm.llm_engine.get_num_unfinished_requests())
-        return enqueue(prompts, *args, **kwargs)
+    def recording_add(*args, **kwargs):
+        log["added"].append((steps[0], engine.get_num_unfinished_requests()))
+        return add(*args, **kwargs)
 
-    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    def counting_step(*args, **kwargs):
+        steps[0] += 1
+        return step(*args, **kwargs)
+
+    scheduler = engine.engine_core.engine_core.scheduler
     preempt = scheduler._preempt_request
 
     def counting_preempt(*args, **kwargs):
         log["preempted"] += 1
         return preempt(*args, **kwargs)
 
-    monkeypatch.setattr(llm, "enqueue", recording_enqueue)
+    monkeypatch.setattr(engine, "add_request", recording_add)
+    monkeypatch.setattr(engine, "step", counting_step)
     monkeypatch.setattr(scheduler, "_preempt_request", counting_preempt)
     return log
 
@@ -65,7 +71,9 @@ def test_seeded_batch_several_times_the_step_budget_completes_refilled_without_p
     blocks, block_size = vllm_engine.kv_cache_blocks()
     assert count * -(-(length + 8) // block_size) > blocks
     assert engine_log["preempted"] == 0 and vllm_engine.peak_reserved_blocks <= blocks
-    first, *later = engine_log["admitted_beside"]
-    assert first == 0 and later and all(beside > 0 for beside in later)
+    rounds: dict[int, int] = {}  # engine steps before an admission -> unfinished requests at its first add
+    for steps, unfinished in engine_log["added"]:
+        rounds.setdefault(steps, unfinished)
+    assert rounds.pop(0) == 0 and rounds and all(unfinished > 0 for unfinished in rounds.values())
     assert vllm_engine.peak_reserved_blocks * block_size > CPU_MAX_BATCHED_TOKENS
     assert reported == sorted(reported) and reported[-1] == count and len(reported) > 2  # progress as they finish
