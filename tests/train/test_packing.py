@@ -100,3 +100,15 @@ def test_training_padding_free_follows_the_padded_loss_curve(hh_dataset, tiny_mo
     assert losses[0][-1] < losses[0][0] - 0.05  # it learns, so equal curves are not trivially flat
     for other in losses[1:]:
         assert other == pytest.approx(losses[0], abs=1e-4)
+
+
+def test_eval_runs_the_models_it_loads_padding_free(hh_dataset, tiny_model_dir, monkeypatch):
+    from prefdata.train import EvalConfig, evaluate, logps
+
+    packed_passes: list[int] = []
+    real = logps.packed_hidden_states
+    monkeypatch.setattr(logps, "packed_hidden_states",
+                        lambda decoder, ids, mask: packed_passes.append(ids.shape[0]) or real(decoder, ids, mask))
+    metrics = evaluate(EvalConfig(dataset=hh_dataset, model=str(tiny_model_dir), reference_model=str(tiny_model_dir),
+                                  alpha=0.5))
+    assert metrics["pairs"] == 12 and sum(packed_passes) >= 2 * 12  # every chosen and rejected row went packed
