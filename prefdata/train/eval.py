@@ -171,11 +171,9 @@ def evaluate(config: EvalConfig, *, model: Any = None, tokenizer: Any = None, re
     else:
         if reference_model is None:
             same = config.reference_model == config.model
-            if not same:
-                reference_model = load_causal_lm(config.reference_model, device)[0]
+            reference_model = model if same else load_causal_lm(config.reference_model, device)[0]
+            if not same:  # a model passed in is left as it is
                 use_packed_attention(reference_model)
-            else:
-                reference_model = model
         reference = model_reference(reference_model.eval())
     spec = EncodeSpec(max_length=config.max_length, ref_columns=use_columns, alpha_column=config.alpha_column)
     encoded = encode_pairs(ds, tokenizer, spec, str(config.dataset))

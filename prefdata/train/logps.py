@@ -192,15 +192,15 @@ def response_logps(model: Any, batch: dict[str, Any], rows: int | None = None, c
     device = next(model.parameters()).device
     n = rows if rows is not None else batch["input_ids"].shape[0]
     input_ids = batch["input_ids"][:n].to(device)
-    attention_mask = causal_only(batch["attention_mask"][:n].to(device))
+    mask = batch["attention_mask"][:n].to(device)
+    attention_mask = causal_only(mask)
     weights = batch["loss_weights"][:n].to(device)
     first = batch["first_response"]  # logits at position t predict token t+1: keep from first-1 on
     width = input_ids.shape[1]
     targets = input_ids[:, first:]
     parts = _chunkable(model) if chunk_size > 0 else None
     if parts is not None and attention_mask is None and packed_attention(model) and _accepts_keywords(parts[0]):
-        return _packed_response_logps(*parts, input_ids, batch["attention_mask"][:n].to(device), weights, first,
-                                      chunk_size)
+        return _packed_response_logps(*parts, input_ids, mask, weights, first, chunk_size)
     if parts is not None:
         decoder, head = parts
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state

@@ -52,14 +52,10 @@ def _register() -> None:
     AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
 
 
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def packed_attention(model: Any) -> bool:
-    """Whether `model` runs `PACKED_SDPA` (so `response_logps` packs its batches)."""
-    config = getattr(_base(model), "config", None)
-    return getattr(config, "_attn_implementation", None) == PACKED_SDPA
+    """Whether `model` runs `PACKED_SDPA` (so `response_logps` packs its batches). A PEFT model
+    passes `config` and `set_attn_implementation` through to its base model."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == PACKED_SDPA
 
 
 def use_packed_attention(model: Any) -> bool:
@@ -67,14 +63,13 @@ def use_packed_attention(model: Any) -> bool:
     which behaves as `sdpa` for every unpacked call. Other attention implementations (eager, flash)
     are left alone. Returns whether the model now packs. The choice is not saved with the model
     (transformers does not write the attention implementation to config.json)."""
-    base = _base(model)
-    if packed_attention(base):
+    if packed_attention(model):
         return True
-    if getattr(getattr(base, "config", None), "_attn_implementation", None) != "sdpa" or not hasattr(base, "set_attn_implementation"):
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa" or not hasattr(model, "set_attn_implementation"):
         return False
     _register()
-    base.set_attn_implementation(PACKED_SDPA)
-    return packed_attention(base)
+    model.set_attn_implementation(PACKED_SDPA)
+    return packed_attention(model)
 
 
 def packed_hidden_states(decoder: Any, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
