@@ -1,6 +1,6 @@
 """Flip-rate estimation on injected flips: estimate vs truth, RM fitted on separate clean pairs or cross-fitted.
 
-    python bench/noise.py [--eval 1000] [--gold 0.1] [--draws 10] [--out out/bench_noise]
+    python bench/noise.py [--eval 1000] [--gold 0.1] [--draws 300] [--repeats 300] [--out out/bench_noise]
 
 Real HH-RLHF harmless pairs ($PREFDATA_TEST_DATA, default ../shared/data: 1312 pairs), shuffled
 once (seed 0) and split into `--eval` evaluation pairs and the rest (312 by default), a separate
@@ -17,11 +17,16 @@ nested sets, seed 0), and each estimator of `prefdata.filters.noise` runs in two
 
 The truth at rate f is base + f (1 - 2 base), base = the estimator's own estimate at f = 0 (the
 original HH labels carry their own noise, which a flip of a random subset mixes in); the table
-shows estimate, interval, truth and whether |estimate - truth| <= 0.08. One draw of flipped labels
-carries luck (which labels were flipped moves the judge's disagreement by about +-0.01 at f = 0.1,
-i.e. +-0.06 in eps for a judge of accuracy 0.59), so the separate setting is also run over `--draws`
-independent flip draws per rate: mean +- std of each estimator and how many land within 0.08. Embeddings are cached in
---out (embeddings.npz) so a rerun skips the encoder.
+shows estimate, interval, truth and whether |estimate - truth| <= 0.08.
+
+One draw of flipped labels carries luck: which labels were flipped moves the judge's disagreement d,
+and `calibrated` turns that into eps / (2a - 1). So the separate setting is also run over `--draws`
+independent flip draws per rate (cheap: fixed heads, a flip negates a pair's margins): mean +- std
+of each estimator, how many land within 0.08, the spread `spread_formula` predicts for
+`calibrated`, and how often its interval covers the truth. Last, `calibrated` with simulated judges
+of known accuracy (this judge's and stronger ones; judge, calibration pool and flips redrawn per
+repeat) shows which accuracy the +-0.08 goal needs at this size. Embeddings are cached in --out
+(embeddings.npz) so a rerun skips the encoder.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ import polars as pl
 import pyarrow as pa
 from _common import DATA  # noqa: E402, I001 - puts the repository on sys.path first
 
-from prefdata.filters.noise import NoiseConfig, estimate_flip_rate
+from prefdata.filters.noise import (
+    NoiseConfig,
+    calibrated_estimate,
+    estimate_flip_rate,
+    fit_mirrored_mixture,
+    sign_estimate,
+)
 from prefdata.schemas.readers import read_pairs
 from prefdata.scorers.embedding_rm import EmbeddingRewardModel, PairEmbeddings, TextEmbedder
 from prefdata.types import SourceKind
@@ -89,7 +100,8 @@ def run(args: argparse.Namespace) -> dict:
     calibration = {"correct": correct.tolist(), "members": [0, 5], "source": f"out of fold on {len(fit_rows)} separate pairs"}
 
     results = {"pairs": n, "eval_pairs": m, "fit_pairs": int(len(fit_rows)), "gold_pairs": int(len(gold_rows)),
-               "embed_seconds": round(embed_s, 1), "separate_oof_accuracy": float(correct.mean()), "rates": {}}
+               "embed_seconds": round(embed_s, 1), "separate_oof_accuracy": float(correct.mean()),
+               "oof_accuracy_by_margin_third": accuracy_by_margin(np.nanmean(oof, axis=1), correct), "rates": {}}
     for rate in RATES:
         flip = flip_mask(flip_order, rate)
         noisy = subset(pairs, eval_rows, flip)
@@ -103,8 +115,15 @@ def run(args: argparse.Namespace) -> dict:
         row["cross_fitted_accuracy_vs_truth"] = float(np.mean((np.nanmean(crossed, 1) > 0) != flip))
         row["separate_accuracy_vs_truth"] = float(np.mean((np.nanmean(margins, 1) > 0) != flip))
         results["rates"][str(rate)] = row
-    results["draws"] = separate_draws(separate, pairs, eval_rows, results["rates"], calibration, config, args.draws)
+    results["draws"] = separate_draws(separate, pairs, eval_rows, calibration, config, args.draws, args.draw_seed)
+    accuracies = tuple(sorted({round(results["separate_oof_accuracy"], 3), 0.65, 0.7, 0.75, 0.8}))
+    results["simulated_judges"] = simulated_judges(m, len(fit_rows), accuracies, args.repeats, 200, config.level)
     return results
+
+
+def accuracy_by_margin(mu: np.ndarray, correct: np.ndarray, parts: int = 3) -> list[float]:
+    """Held-out accuracy in equal-count |margin| bins, lowest first: how much a margin-weighted estimator could gain."""
+    return [float(correct[rows].mean()) for rows in np.array_split(np.argsort(np.abs(mu)), parts)]
 
 
 def flip_mask(order: np.ndarray, rate: float) -> np.ndarray:
@@ -119,40 +138,96 @@ def separate_estimators(noisy: PairEmbeddings, margins: np.ndarray, calibration:
     return estimate_flip_rate(frame, config, None, calibration)[0]["estimators"]
 
 
-def separate_draws(model: EmbeddingRewardModel, pairs: PairEmbeddings, eval_rows: np.ndarray, first: dict,
-                   calibration: dict, config: NoiseConfig, draws: int) -> dict:
-    """The separate setting over `draws` independent flip draws per rate: draw 0 is the table's (`first`,
-    run()'s results by rate), the others fresh; one draw's estimate carries the luck of which labels
-    were flipped, the spread shows it."""
-    found = {str(rate): [{k: v.get("epsilon") for k, v in first[str(rate)]["separate"].items()}] for rate in RATES[1:]}
-    for draw in range(1, draws):
-        order = np.random.default_rng(100 + draw).permutation(len(eval_rows))
-        for rate in RATES[1:]:
-            noisy = subset(pairs, eval_rows, flip_mask(order, rate))
-            estimators = separate_estimators(noisy, model.cross_fit(noisy).margins, calibration, config)
-            found[str(rate)].append({k: v.get("epsilon") for k, v in estimators.items()})
+def separate_draws(model: EmbeddingRewardModel, pairs: PairEmbeddings, eval_rows: np.ndarray, calibration: dict,
+                   config: NoiseConfig, draws: int, draw_seed: int = 100) -> dict:
+    """The separate setting over `draws` independent flip draws per rate (seeds draw_seed + draw).
+
+    The heads are fixed, so flipping a pair swaps its two responses and negates every member's margin
+    exactly: each draw negates the clean margins of its flipped rows instead of rescoring (checked
+    against a rescore on the first draw). Per draw: every estimator's point estimate, and the
+    `calibrated` interval (its bootstrap is cheap) to count how often it covers the truth. One
+    draw's estimate carries the luck of which labels were flipped; the spread shows it."""
+    clean = model.cross_fit(subset(pairs, eval_rows)).margins
+    found: dict[str, list[dict]] = {str(rate): [] for rate in RATES}
+    for draw in range(draws):
+        order = np.random.default_rng(draw_seed + draw).permutation(len(eval_rows))
+        for rate in RATES if draw == 0 else RATES[1:]:
+            flip = flip_mask(order, rate)
+            margins = np.where(flip[:, None], -clean, clean)
+            if draw == 0 and rate == RATES[-1]:
+                rescored = model.cross_fit(subset(pairs, eval_rows, flip)).margins
+                assert np.allclose(rescored, margins, atol=1e-5, equal_nan=True), "a flip must negate the margins"
+            mu = np.nanmean(margins, axis=1)
+            agree = mu > 0
+            estimate = calibrated_estimate(agree, np.asarray(calibration["correct"], bool), config.bootstrap,
+                                           config.level, seed=draw)
+            found[str(rate)].append({
+                "calibrated": estimate["epsilon"], "calibrated_interval": estimate["interval"],
+                "mixture": fit_mirrored_mixture(mu)[0],
+                "sign": sign_estimate(mu, np.nanstd(margins, axis=1), config.z)["epsilon"],
+                "disagreement": float(1 - agree.mean())})
     return found
 
 
+def spread_formula(n: int, rate: float, disagreement: float, accuracy: float) -> float:
+    """Std over flip draws of `calibrated` with the judge's verdicts and the accuracy fixed: flipping k = rate n
+    pairs drawn without replacement moves d by (1/n) sum over them of (1 - 2 c_i), c_i = 1 where the judge
+    disagrees with the original label (mean 1 - 2 d0, variance 4 d0 (1 - d0)); eps moves by that / (2a - 1)."""
+    k = round(rate * n)
+    return float(np.sqrt(k * (n - k) / (n - 1) * 4 * disagreement * (1 - disagreement)) / n / (2 * accuracy - 1))
+
+
 def draws_table(results: dict) -> str:
-    """Per estimator and rate: mean +- std of the estimate over the draws, the truth, and the share within the goal."""
-    draws = results["draws"]
+    """Per estimator and rate: mean +- std of the estimate over the draws, the truth (base = the mean at f = 0 is
+    the draw-free clean estimate), the share within the goal, and for `calibrated` the spread the formula
+    predicts and how often its interval covered the truth."""
+    draws, n, accuracy = results["draws"], results["eval_pairs"], results["separate_oof_accuracy"]
     count = len(draws[str(RATES[1])])
-    lines = [f"| estimator ({count} flip draws, separate) | " + " | ".join(f"f = {r}" for r in RATES[1:])
+    lines = [f"| estimator ({count} flip draws per rate, separate) | " + " | ".join(f"f = {r}" for r in RATES[1:])
              + " | within +-0.08 (all rates) |", "|---|" + "---|" * len(RATES)]
     for name in ("calibrated", "mixture", "sign"):
-        base = results["rates"]["0.0"]["separate"][name].get("epsilon")
-        if base is None:
-            continue
-        cells, hits, total = [], 0, 0
+        base = draws[str(RATES[0])][0][name]
+        cells, hits, total, covered = [], 0, 0, 0
         for rate in RATES[1:]:
             values = np.array([d[name] for d in draws[str(rate)]], dtype=float)
             truth = base + rate * (1 - 2 * base)
             hits += int((np.abs(values - truth) <= GOAL).sum())
             total += len(values)
-            cells.append(f"{values.mean():.3f} +- {values.std(ddof=1) if len(values) > 1 else 0:.3f} (truth {truth:.3f})")
-        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {hits}/{total} |")
+            cell = f"{values.mean():.3f} +- {values.std(ddof=1):.3f} (truth {truth:.3f}"
+            if name == "calibrated":
+                formula = spread_formula(n, rate, draws[str(RATES[0])][0]["disagreement"], accuracy)
+                cover = sum(lo <= truth <= hi for lo, hi in (d["calibrated_interval"] for d in draws[str(rate)]))
+                covered += cover
+                cell += f"; formula +- {formula:.3f}; interval covers {cover / len(values):.0%}"
+            cells.append(cell + ")")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {hits}/{total} ({hits / total:.0%}) |")
     return "\n".join(lines)
+
+
+def simulated_judges(eval_pairs: int, fit_pairs: int, accuracies: tuple[float, ...], repeats: int,
+                     bootstrap: int, level: float) -> dict:
+    """`calibrated` with synthetic judges of known accuracy a, everything redrawn per repeat (the judge's
+    verdicts on `eval_pairs` clean labels, a calibration pool of `fit_pairs` held-out pairs, the flips):
+    the share of estimates within the goal and of intervals covering the truth f, per accuracy."""
+    found = {}
+    for accuracy in accuracies:
+        rng = np.random.default_rng(round(accuracy * 1000))
+        hits, covered, total = 0, 0, 0
+        for _ in range(repeats):
+            right = rng.random(eval_pairs) < accuracy
+            held_out = rng.random(fit_pairs) < accuracy
+            order = rng.permutation(eval_pairs)
+            for rate in RATES[1:]:
+                est = calibrated_estimate(right ^ flip_mask(order, rate), held_out, bootstrap, level,
+                                          seed=int(rng.integers(1 << 31)))
+                if est["epsilon"] is None:
+                    total += 1
+                    continue
+                hits += abs(est["epsilon"] - rate) <= GOAL
+                covered += est["interval"][0] <= rate <= est["interval"][1]
+                total += 1
+        found[str(accuracy)] = {"within": hits / total, "covered": covered / total, "estimates": total}
+    return found
 
 
 def table(results: dict) -> str:
@@ -183,17 +258,25 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=1000, help="evaluation pairs (the rest is the separate clean pool)")
     parser.add_argument("--gold", type=float, default=0.1, help="share of evaluation pairs with a known label (cross-fitted)")
     parser.add_argument("--bootstrap", type=int, default=500)
-    parser.add_argument("--draws", type=int, default=10, help="flip draws per rate for the separate setting's spread")
+    parser.add_argument("--draws", type=int, default=300, help="flip draws per rate for the separate setting's spread")
+    parser.add_argument("--draw-seed", type=int, default=100, help="seed of the first flip draw (draw i: seed + i)")
+    parser.add_argument("--repeats", type=int, default=300, help="repeats per accuracy of the simulated judges")
     parser.add_argument("--out", default="out/bench_noise")
     args = parser.parse_args()
     results = run(args)
     Path(args.out, "results.json").write_text(json.dumps(results, indent=2))
     print(f"{results['pairs']} HH-RLHF harmless pairs: {results['eval_pairs']} evaluated, {results['fit_pairs']} separate "
           f"clean pairs (RM out-of-fold accuracy there {results['separate_oof_accuracy']:.3f}), gold subset "
-          f"{results['gold_pairs']}; embeddings {results['embed_seconds']:.0f} s\n")
+          f"{results['gold_pairs']}; embeddings {results['embed_seconds']:.0f} s; out-of-fold accuracy by |margin| "
+          f"third, lowest first: {', '.join(f'{a:.3f}' for a in results['oof_accuracy_by_margin_third'])}\n")
     print(table(results))
     print()
     print(draws_table(results))
+    print()
+    print(f"| simulated judge accuracy ({args.repeats} repeats x 3 rates; {results['eval_pairs']} pairs, "
+          f"{results['fit_pairs']} held out) | within +-0.08 | interval covers f |\n|---|---|---|")
+    for accuracy, row in results["simulated_judges"].items():
+        print(f"| {accuracy} | {row['within']:.0%} | {row['covered']:.0%} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from prefdata.filters.noise import (
     NoiseConfig,
     NoiseFilter,
     calibrated_estimate,
+    calibrated_point,
     estimate_flip_rate,
     fit_mirrored_mixture,
     moments_estimate,
@@ -188,3 +189,26 @@ N_INJECT = 400
 def test_no_scored_pair_gives_no_estimate():
     out = NoiseFilter(NoiseConfig(bootstrap=10)).process(_table([[], [None]]), BuildContext(engines=EnginePool({})))
     assert out.estimates == {} and out.table.column("flip_prob").to_pylist() == [None, None]
+
+
+def _share_within_goal(accuracy: float, repeats: int = 100, goal: float = 0.08) -> float:
+    """The issue's setting: 1000 pairs, flips at 0.1/0.2/0.3, accuracy measured on 310 held-out pairs;
+    everything redrawn per repeat. The share of `calibrated` estimates within `goal` of the true rate."""
+    rng = np.random.default_rng(round(accuracy * 1000))
+    hits = []
+    for _ in range(repeats):
+        right, held_out = rng.random(1000) < accuracy, rng.random(310) < accuracy
+        order = rng.permutation(1000)
+        for rate in (0.1, 0.2, 0.3):
+            flipped = np.zeros(1000, bool)
+            flipped[order[: round(rate * 1000)]] = True
+            eps = calibrated_point(right ^ flipped, held_out)[0]
+            hits.append(eps is not None and abs(eps - rate) <= goal)
+    return float(np.mean(hits))
+
+
+def test_calibrated_lands_within_0_08_per_draw_with_a_strong_judge_but_not_a_weak_one():
+    """README "Which judge the goal needs": the issue's +-0.08-per-draw goal is met by the same estimator
+    once the judge is strong (a = 0.8), and missed with a judge of HH's MiniLM ensemble's accuracy."""
+    assert _share_within_goal(0.8) >= 0.95
+    assert _share_within_goal(0.587) < 0.6
