@@ -155,13 +155,14 @@ def chunked_token_logps(hidden: Tensor, lm_head: torch.nn.Linear, targets: Tenso
     return flat.view(n, t)
 
 
-def _base(model: Any) -> Any:
+def base_model(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (the model itself when unwrapped)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _chunkable(model: Any) -> tuple[Any, torch.nn.Linear] | None:
     """(decoder, lm_head) when the logits are a plain linear map of the decoder's final hidden states."""
-    base = _base(model)
+    base = base_model(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
     config = getattr(base, "config", None)
@@ -173,8 +174,7 @@ def _chunkable(model: Any) -> tuple[Any, torch.nn.Linear] | None:
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 
 def causal_only(attention_mask: Tensor) -> Tensor | None:

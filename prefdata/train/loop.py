@@ -53,6 +53,7 @@ from prefdata.train.logps import (
     Reference,
     adapter_disabled_reference,
     autocast,
+    base_model,
     columns_reference,
     load_causal_lm,
     model_reference,
@@ -185,10 +186,6 @@ def save_model(model: Any, tokenizer: Any, folder: Path, config: TrainConfig, st
     write_bytes_atomic(json.dumps(record, indent=2).encode(), folder / "prefdata_train.json")
 
 
-def _base_model(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def wrap_lora(model: Any, settings: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -317,9 +314,9 @@ def policy_and_reference(config: TrainConfig, model: Any, reference_source: Refe
     else:
         reference = columns_reference
     if config.gradient_checkpointing:
-        _base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base_model(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.lean_mlp:  # after LoRA: a wrapped projection keeps its own forward
-        use_lean_mlp(_base_model(model))
+        use_lean_mlp(base_model(model))
     if config.padding_free:  # sdpa models; others keep padded batches
         for packable in (model, ref_model):
             if packable is not None:
