@@ -13,7 +13,10 @@ Decisions:
   or is greedy (temperature 0). An unseeded sample is a fresh draw each time, so caching it
   would change what the recipe means.
 * One engine call per call the stage makes (whole-shard batches; `chunk` requests at most when
-  set), its results committed in one transaction when it returns. The engine's numbers depend on
+  set), its results committed in one transaction when it returns. A call is answered from the
+  store only when every one of its requests is there; otherwise it goes to the engine whole,
+  cached requests included (and stored again with this call's values), so a request cached by
+  another call or an earlier build never shrinks the batch the others run in. The engine's numbers depend on
   which requests share its batches (vLLM: 8 of 64 samples' log-probs differed by up to 2.1e-5
   when the same requests ran as two calls), so results are committed per call and a resumed call
   sends exactly the requests the first run sent (a finished call is a whole cache hit): the
@@ -71,9 +74,7 @@ class RequestStore:
             part = list(keys[start : start + 500])
             marks = ",".join("?" * len(part))
             found.update(self.db.execute(f"SELECT key, value FROM requests WHERE key IN ({marks})", part).fetchall())
-        self.counts["hits"] += len(found)
-        self.counts["misses"] += len(set(keys) - set(found))
-        return found
+        return found  # hits and misses are counted by the caller, per call it serves or runs
 
     def put_many(self, items: dict[str, bytes]) -> None:
         now = time.time()
@@ -182,17 +183,20 @@ class CachedEngine(Engine):
         size = self.chunk or max(count, 1)
         for start in range(0, count, size):
             positions = list(range(start, min(start + size, count)))
-            wanted = [keys[i] for i in positions if keys[i] is not None]
-            found = self.store.get_many(wanted) if self.store is not None and wanted else {}
-            todo = [i for i in positions if keys[i] is None or keys[i] not in found]
-            for i in positions:
-                if keys[i] is not None and keys[i] in found:
+            wanted = {keys[i] for i in positions if keys[i] is not None}
+            found = self.store.get_many(sorted(wanted)) if self.store is not None and wanted else {}
+            if self.store is not None and all(keys[i] is not None for i in positions) and wanted <= found.keys():
+                self.store.counts["hits"] += len(wanted)
+                for i in positions:
                     results[i] = decode(found[keys[i]])
-            if todo:
-                for i, value in zip(todo, self._run_reporting(run, todo, op, start + len(positions) - len(todo), count)):
+            else:  # the whole call, cached requests too: the engine sees the batch it sees with the cache off
+                for i, value in zip(positions, self._run_reporting(run, positions, op, start, count)):
                     results[i] = value
                 if self.store is not None:
-                    self.store.put_many({keys[i]: encode(results[i]) for i in todo if keys[i] is not None})
+                    self.store.counts["misses"] += len(wanted)
+                    # every request of the call, the recomputed ones too: a resume that finds this call
+                    # whole must get the values this run used
+                    self.store.put_many({keys[i]: encode(results[i]) for i in positions if keys[i] is not None})
                 fault_point("engine_chunk")
             if self.on_chunk is not None:
                 self.on_chunk(op, positions[-1] + 1, count)

@@ -34,6 +34,24 @@ def test_cached_generations_equal_fresh_ones_and_are_served_from_the_store(hf_en
     assert len(calls) == 1 and other[0] != fresh[0]
 
 
+def test_a_call_with_any_uncached_request_goes_to_the_engine_whole(hf_engine, prompts, tmp_path):
+    """A request cached by an earlier call must not shrink the batch the others run in: the engine
+    sees the call the cache-off build sends, and the results equal the cache-off ones."""
+    params = [SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=s, top_logprobs=2) for s in (1, 2, 3)]
+    store = RequestStore(tmp_path / "requests.sqlite")
+    engine = CachedEngine(hf_engine, store)
+    calls = []
+    engine.inner = type("Counting", (), {"generate": lambda self, p, q: calls.append(list(p)) or hf_engine.generate(p, q),
+                                         "identity": hf_engine.identity})()
+    engine.generate(prompts[:1], params[:1])  # an earlier call caches request 0
+    whole = engine.generate(prompts, params)  # request 0 cached, 1 and 2 not
+    assert calls[-1] == [list(p) for p in prompts]  # all three went to the engine, in order
+    assert whole == CachedEngine(hf_engine, None).generate(prompts, params)  # = the cache-off call
+    assert store.counts["hits"] == 0 and store.counts["misses"] == 1 + 3
+    assert engine.generate(prompts, params) == whole and len(calls) == 2  # now whole in the store: no engine call
+    assert store.counts["hits"] == 3
+
+
 def test_unseeded_samples_are_not_cached(hf_engine, prompts, tmp_path):
     store = RequestStore(tmp_path / "requests.sqlite")
     CachedEngine(hf_engine, store).generate(prompts[:1], SamplingParams(temperature=1.0, max_tokens=3))

@@ -180,3 +180,20 @@ def test_real_prompts_with_planted_rows(shared_data, embedder):
     for row_id, (_, reason, source) in planted.items():
         assert dropped[row_id][0] == reason and source in dropped[row_id][1]
     assert out.table.num_rows == 60
+
+
+def test_stage_switches_to_the_ann_index_above_exact_scan_max(embedder, monkeypatch):
+    """The stage's own switch (README: above `exact_scan_max` the IVF index, 16 probes, 16 neighbours):
+    the same verdicts as the exact scan, from the ANN path with the stage's defaults."""
+    import prefdata.filters.dedup as dedup
+
+    calls = []
+    real = dedup.near_duplicates_ann
+    monkeypatch.setattr(dedup, "near_duplicates_ann", lambda *a: calls.append(a[1:]) or real(*a))
+    texts = ["How do I boil an egg?", "Write a haiku about autumn leaves.", "How do I fry an egg?",
+             "Write a haiku about the leaves in autumn.", "Give me three tips for staying healthy."]
+    exact, _ = _run(_prompts(texts), embedder)
+    assert calls == []  # 5 vectors: the exact scan
+    ann, _ = _run(_prompts(texts), embedder, exact_scan_max=2)
+    assert calls == [(0.95, 16, 16)]  # near_threshold, ann_neighbours, ann_probes: the defaults
+    assert _dropped(ann) == _dropped(exact) and _dropped(ann)["p3"][0] == "near_duplicate"
