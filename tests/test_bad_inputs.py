@@ -73,14 +73,18 @@ def test_bad_row_is_rejected_with_reason_and_good_rows_kept(tmp_path, name, kind
     assert "\n" not in message and f"{name}: row {expected[2]}" in message and expected[0] in message
 
 
+EXTRA_COLUMNS = "extra_columns.jsonl"
+LONG_PROMPT = "long_prompt.jsonl"
+
+
 def test_extra_columns_are_ignored(tmp_path):
-    result = run_build(_recipe(BAD / "extra_columns.jsonl", tmp_path / "out"))
+    result = run_build(_recipe(BAD / EXTRA_COLUMNS, tmp_path / "out"))
     assert result.stats["output"]["rows"] == 2 and result.stats["output"]["rejects"] == 0
     assert "lang" not in result.dataset.column_names
 
 
 def test_prompt_longer_than_the_context_is_rejected(tmp_path, hf_engine):
-    recipe = _recipe(BAD / "long_prompt.jsonl", tmp_path / "out", "prompts",
+    recipe = _recipe(BAD / LONG_PROMPT, tmp_path / "out", "prompts",
                      engines={"policy": {"backend": "transformers", "dtype": "float32"}},
                      stages=[{"type": "on_policy", "n": 2, "sampling": {"max_tokens": 4}}])
     result = run_build(recipe, engines={"policy": hf_engine})
@@ -159,7 +163,25 @@ def test_disk_full_is_one_line_error_and_earlier_output_survives(earlier_build):
     assert json.loads((out / "stats.json").read_text())["output"]["rows"] == 2
 
 
-def test_corpus_has_every_listed_case():
-    listed = {line.split("`")[1] for line in (BAD / "README.md").read_text().splitlines() if line.startswith("| `")}
+def _bad_files_in(value) -> set[str]:
+    """Names of the tests/data/bad/ entries a case's recipe (a dict, or a recipe file) refers to."""
+    if isinstance(value, dict):
+        return set().union(*(_bad_files_in(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_bad_files_in(v) for v in value))
+    path = __import__("pathlib").Path(str(value))
+    return {path.name} if path.parent == BAD else set()
+
+
+def test_corpus_has_every_listed_case(tmp_path):
+    """Every entry of tests/data/bad/ is listed in its README and used by a case above; the README's
+    table also lists the two cases the tests make (an output path that is a file, a full disk)."""
+    rows = [line for line in (BAD / "README.md").read_text().splitlines() if line.startswith("| ")][1:]  # no header
+    listed = {line.split("`")[1] for line in rows if line.startswith("| `")}
+    made_by_tests = [line for line in rows if line.startswith("| (made by the test)")]
     on_disk = {p.name for p in BAD.iterdir() if p.name != "README.md"}
-    assert on_disk <= listed and len(listed) >= 20
+    error_cases = _error_cases(tmp_path)
+    assert ERROR_NAMES == list(error_cases)  # every error case is run
+    used = {c[0] for c in ROW_CASES} | {EXTRA_COLUMNS, LONG_PROMPT} | _bad_files_in([c[0] for c in error_cases.values()])
+    assert on_disk == listed == used
+    assert len(on_disk) == 22 and len(made_by_tests) == 2 and len(rows) == 24

@@ -1,14 +1,17 @@
 """The README's "Use with TRL" code block runs as written on a small build, with one substitution:
-`model_id` points at a tiny random Llama (SmolLM2's tokenizer) so the block trains in seconds on CPU."""
+`model_id` points at a tiny random Llama (SmolLM2's tokenizer) so the block trains in seconds on CPU.
+The README's recipe examples (TOML blocks) are valid recipes with the values their text gives."""
 
 from __future__ import annotations
 
 import math
 import re
+import tomllib
 
 import pytest
 
 from prefdata.builder import run_build
+from prefdata.recipe import parse_recipe
 
 from .conftest import FIXTURES, REPO
 
@@ -54,3 +57,59 @@ def test_use_with_trl_block_trains(tmp_path, tiny_model, monkeypatch):
     summary = trainer.state.log_history[-1]
     assert summary["train_loss"] == pytest.approx(math.log(2), abs=0.01)  # a random policy starts as its reference
     assert (tmp_path / "out" / "dpo").is_dir()
+
+
+def readme_toml_blocks(heading: str) -> list[str]:
+    """The ```toml blocks of the README section under `heading` ("## X" or "### X"), up to the next
+    heading of the same or a higher level (TOML comments start with "# ", never "## ")."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    level = heading.split(" ", 1)[0]
+    section = text.split(f"{heading}\n", 1)[1]
+    section = re.split(rf"\n#{{2,{len(level)}}} ", section, maxsplit=1)[0]
+    return re.findall(r"```toml\n(.*?)```", section, re.DOTALL)
+
+
+A_SOURCE = {"source": {"path": "pairs.jsonl", "kind": "pairs"}}  # for a block that shows another table only
+
+
+def test_readme_push_example_is_a_valid_recipe_table():
+    (block,) = readme_toml_blocks("## Inspect and publish")
+    data = tomllib.loads(block)
+    assert set(data) == {"push"}
+    push = parse_recipe({**A_SOURCE, **data}, "README [push]").push
+    assert (push.repo_id, push.license, push.test_size) == ("me/quickstart-pairs", "apache-2.0", 0.1)
+
+
+def test_readme_recipe_example_is_a_valid_recipe(monkeypatch):
+    monkeypatch.delenv("PREFDATA_DATA", raising=False)
+    (block,) = readme_toml_blocks("## Recipes")
+    recipe = parse_recipe(tomllib.loads(block), "README ## Recipes")
+    assert recipe.name == "quickstart" and recipe.seed == 0
+    source = recipe.source
+    assert str(source.path).endswith("shared/data/oasst_prompt_lottery_150.jsonl") and "$" not in str(source.path)
+    assert (source.kind.value, source.format.value, source.limit, source.columns.prompt) == ("prompts", "auto", 16, "prompt")
+    assert recipe.engines["policy"].backend.value == "vllm"
+    (stage,) = recipe.stages
+    assert (stage.type, stage.n, stage.strategy.value) == ("on_policy", 4, "max_min")
+    assert (stage.sampling.temperature, stage.sampling.max_tokens, stage.scorer.type) == (0.8, 128, "judge")
+    assert recipe.output.shard_size == 256
+
+
+def test_readme_hub_source_example_is_a_valid_recipe():
+    (block,) = readme_toml_blocks("### Curate a public dataset")
+    recipe = parse_recipe(tomllib.loads(block), "README ### Curate a public dataset")
+    source = recipe.source
+    assert (source.hub, source.preset, source.split, source.streaming, source.limit) == \
+        ("berkeley-nest/Nectar", "nectar", "train", True, 512)
+    assert source.path is None and [s.type for s in recipe.stages] == ["dedup"]
+
+
+def test_readme_mixing_example_is_a_valid_recipe():
+    (block,) = readme_toml_blocks("### Mixing sources")
+    recipe = parse_recipe(tomllib.loads(block), "README ### Mixing sources")
+    assert recipe.source is None
+    hub, mine = recipe.sources
+    assert (hub.hub, hub.preset, hub.weight, hub.source_name()) == \
+        ("HuggingFaceH4/ultrafeedback_binarized", "ultrafeedback_binarized", 3, "ultrafeedback_binarized")
+    assert (str(mine.path), mine.kind.value, mine.source_name(), mine.limit, mine.weight) == \
+        ("my_pairs.parquet", "pairs", "mine", 10000, 1)

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import REPO
 from tests.hub_server import LocalHub
 
-from .preset_fixtures import NECTAR, nectar_rows
+from .preset_fixtures import NECTAR, ULTRAFEEDBACK_BINARIZED, nectar_rows, ultrafeedback_binarized_rows
 
 TOKEN = "hf_prefdataTEST" + "sRc4Hub9Zq2W"  # must never appear in output
 
@@ -31,15 +31,16 @@ def hub():
     server.stop()
 
 
-def push_rows(hub: LocalHub, repo_id: str, rows: list[dict], schema: pa.Schema, message: str) -> str:
-    """Commit one Parquet file as the train split; returns the commit id."""
+def push_rows(hub: LocalHub, repo_id: str, rows: list[dict], schema: pa.Schema, message: str,
+              split: str = "train") -> str:
+    """Commit one Parquet file as the split (train by default); returns the commit id."""
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buffer)
-    info = api.upload_file(path_or_fileobj=buffer.getvalue(), path_in_repo="data/train-00000-of-00001.parquet",
+    info = api.upload_file(path_or_fileobj=buffer.getvalue(), path_in_repo=f"data/{split}-00000-of-00001.parquet",
                            repo_id=repo_id, repo_type="dataset", commit_message=message)
     return info.oid
 
@@ -123,17 +124,21 @@ n = 2
 """
 
 
-@pytest.mark.parametrize("case", ["missing_repo", "missing_revision", "missing_split", "offline", "unreachable"])
+@pytest.mark.parametrize("case", ["missing_repo", "missing_revision", "missing_config", "missing_split", "offline",
+                                  "unreachable"])
 def test_hub_errors_are_one_line_before_any_engine_loads(hub, nectar_repo, tmp_path, case):
     source = {"hub": "tester/nectar-mini", "kind": "prompts"}
     extra: dict[str, str] = {}
     expected = {"missing_repo": "dataset repository not found", "missing_revision": "revision 'v9' not found",
+                "missing_config": "cannot load config 'no_such_config', split 'train'",
                 "missing_split": "cannot load config 'default', split 'validation'",
                 "offline": "HF_HUB_OFFLINE is set", "unreachable": "cannot reach the Hub"}[case]
     if case == "missing_repo":
         source["hub"] = "tester/no-such-dataset"
     elif case == "missing_revision":
         source["revision"] = "v9"
+    elif case == "missing_config":
+        source["config"] = "no_such_config"
     elif case == "missing_split":
         source["split"] = "validation"
     elif case == "offline":
@@ -148,3 +153,50 @@ def test_hub_errors_are_one_line_before_any_engine_loads(hub, nectar_repo, tmp_p
     assert len(lines) == 1, proc.stderr[-2000:]
     assert expected in lines[0] and "hub:tester/" in lines[0]
     assert "nonexistent" not in proc.stderr and TOKEN not in proc.stderr + proc.stdout
+
+
+def test_a_preset_reads_its_default_split_when_none_is_given(hub, tmp_path):
+    """README: `split` defaults to the preset's (ultrafeedback_binarized: train_prefs). The repository
+    has a `train` split too, with other rows: the build must read train_prefs."""
+    rows = ultrafeedback_binarized_rows()
+    push_rows(hub, "tester/ufb-mini", rows, ULTRAFEEDBACK_BINARIZED, "train_prefs", split="train_prefs")
+    other = [{**row, "prompt_id": f"train-only-{i}"} for i, row in enumerate(rows)]
+    push_rows(hub, "tester/ufb-mini", other, ULTRAFEEDBACK_BINARIZED, "train", split="train")
+    recipe = write_recipe(tmp_path / "ufb.toml", {"hub": "tester/ufb-mini", "preset": "ultrafeedback_binarized"})
+    proc = prefdata_build(recipe, env_for(hub, tmp_path), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["prompt_id"] for r in out_rows(tmp_path / "out")] == ["a1f3", "b2c4"]  # c3d5: chosen == rejected
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["source"]["split"] == "train_prefs" and stats["source"]["config"] is None
+
+
+def test_split_and_config_defaults_passed_to_the_hub(monkeypatch):
+    """The split and config `open_hub` is asked for: the recipe's, else the preset's, else train and
+    the dataset's default config (in-process, `open_hub` replaced by a recorder)."""
+    import dataclasses
+
+    import prefdata.schemas.hub_source as hub_source
+    from prefdata.recipe import parse_recipe
+    from prefdata.schemas.presets import PRESETS
+    from prefdata.schemas.sources import read_one
+
+    asked: list[tuple[str | None, str]] = []
+
+    def fake_open_hub(repo, *, config, split, revision, streaming):
+        asked.append((config, split))
+        return hub_source.HubRows(label=f"{repo}/{split}", stem=split, rows=iter([]),
+                                  info={"hub": repo, "config": config, "split": split})
+
+    monkeypatch.setattr(hub_source, "open_hub", fake_open_hub)
+    monkeypatch.setitem(PRESETS, "nectar", dataclasses.replace(PRESETS["nectar"], config="preset_cfg", split="preset_split"))
+
+    def read(**source):
+        read_one(parse_recipe({"source": {"hub": "org/name", **source}}).source.spec())
+        return asked[-1]
+
+    assert read(preset="ultrafeedback_binarized") == (None, "train_prefs")
+    assert read(preset="ultrafeedback_binarized", split="test_prefs") == (None, "test_prefs")
+    assert read(kind="prompts") == (None, "train")
+    assert read(kind="prompts", config="cfg", split="dev") == ("cfg", "dev")
+    assert read(preset="nectar") == ("preset_cfg", "preset_split")
+    assert read(preset="nectar", config="mine", split="train") == ("mine", "train")

@@ -166,3 +166,79 @@ def test_streamed_input_meets_a_whole_input_stage_at_its_barrier(tmp_path):
                    "output": {"dir": str(out), "shard_size": 100}})
         outs[streaming] = read_out(out)
     assert outs[True] == outs[False] and len(outs[True]) == 3
+
+
+def test_a_local_input_over_the_size_threshold_is_streamed_without_asking(tmp_path, monkeypatch):
+    """README: "a local input over 1 GiB is read shard by shard". The threshold (LOCAL_STREAM_ABOVE_BYTES,
+    read by the builder and by `open_streamed`) is lowered to a few KB instead of writing a 1 GiB file."""
+    import prefdata.builder as build_module
+    import prefdata.schemas.sources as sources_module
+    from prefdata.schemas.sources import StreamedSource
+
+    path = pairs_file(tmp_path / "big.jsonl", 300, "Q")
+    size = path.stat().st_size
+    assert size > 8 * 1024
+    opened: list = []
+    real_open = build_module.open_source
+
+    def spy(recipe):
+        opened.append(real_open(recipe))
+        return opened[-1]
+
+    monkeypatch.setattr(build_module, "open_source", spy)
+    recipe = {"name": "s", "source": {"path": str(path), "kind": "pairs"},  # no `streaming` key
+              "output": {"dir": str(tmp_path / "small-threshold"), "shard_size": 100}}
+    for module in (build_module, sources_module):
+        monkeypatch.setattr(module, "LOCAL_STREAM_ABOVE_BYTES", 4096)
+    streamed = run_build(recipe)
+    assert isinstance(opened[-1], StreamedSource)
+    assert streamed.stats["source"]["streamed"] is True and streamed.stats["source"]["rows_ok"] == 300
+
+    for module in (build_module, sources_module):  # the same file, just under the threshold: read whole
+        monkeypatch.setattr(module, "LOCAL_STREAM_ABOVE_BYTES", size)
+    whole = run_build({**recipe, "output": {"dir": str(tmp_path / "at-threshold"), "shard_size": 100}})
+    assert not isinstance(opened[-1], StreamedSource) and "streamed" not in whole.stats["source"]
+    assert read_out(tmp_path / "small-threshold") == read_out(tmp_path / "at-threshold")
+
+
+def _shuffled_copy(src, dst, seed):
+    import random
+
+    lines = src.read_text(encoding="utf-8").splitlines(keepends=True)
+    random.Random(seed).shuffle(lines)
+    dst.write_text("".join(lines), encoding="utf-8")
+    assert dst.read_text(encoding="utf-8") != src.read_text(encoding="utf-8")
+    return dst
+
+
+def test_weighted_sample_does_not_depend_on_row_order(tmp_path):
+    """README: "each source's rows are the ones with the smallest hash of (seed, source name, row id), a
+    seeded sample independent of row order": the same file shuffled gives the same sampled ids."""
+    a = pairs_file(tmp_path / "a.jsonl", 50, "A")
+    b = pairs_file(tmp_path / "b.jsonl", 400, "B")
+    selected = []
+    for name, seed in (("b.jsonl", None), ("b-shuffled-1.jsonl", 1), ("b-shuffled-2.jsonl", 2)):
+        folder = tmp_path / f"copy-{name}"
+        folder.mkdir()
+        src = b if seed is None else _shuffled_copy(b, folder / "b.jsonl", seed)  # same stem: same source name
+        recipe = {"seed": 5, "sources": [{"path": str(a), "kind": "pairs", "weight": 1},
+                                         {"path": str(src), "kind": "pairs", "weight": 1}]}
+        table = read_mix(*specs(recipe)).table
+        names = table.column("source_name").to_pylist()
+        selected.append({(p, i) for p, i, n in zip(table.column("prompt_id").to_pylist(), table.column("id").to_pylist(),
+                                                   names) if n == "b"})
+    assert len(selected[0]) == 50
+    assert {p for p, _ in selected[0]} != {f"b/{i}" for i in range(50)}  # a sample, not the file's first rows
+    assert selected[1] == selected[0] and selected[2] == selected[0]
+
+
+def test_a_source_limit_caps_the_rows_read_before_the_seeded_sample(tmp_path):
+    """A per-source `limit` stops reading after that many usable rows; the seeded sample is drawn among
+    those rows, so (unlike the sample itself) it depends on which rows come first in the file."""
+    a = pairs_file(tmp_path / "a.jsonl", 10, "A")
+    b = pairs_file(tmp_path / "b.jsonl", 100, "B")
+    recipe = {"seed": 5, "sources": [{"path": str(a), "kind": "pairs", "weight": 1},
+                                     {"path": str(b), "kind": "pairs", "weight": 1, "limit": 40}]}
+    table = read_mix(*specs(recipe)).table
+    sampled = {p for p, n in zip(table.column("prompt_id").to_pylist(), table.column("source_name").to_pylist()) if n == "b"}
+    assert len(sampled) == 10 and sampled <= {f"b/{i}" for i in range(40)}  # among the first 40 usable rows
