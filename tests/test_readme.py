@@ -113,3 +113,16 @@ def test_readme_mixing_example_is_a_valid_recipe():
         ("HuggingFaceH4/ultrafeedback_binarized", "ultrafeedback_binarized", 3, "ultrafeedback_binarized")
     assert (str(mine.path), mine.kind.value, mine.source_name(), mine.limit, mine.weight) == \
         ("my_pairs.parquet", "pairs", "mine", 10000, 1)
+
+
+def test_readme_epsilon_auto_examples_train_on_a_build_with_a_noise_stage():
+    """`--epsilon auto` reads estimates.flip_rate, which only a `noise` stage writes: every README command
+    that uses it must train on the output of a recipe the README builds with one."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    built = {out: recipe for recipe, out in re.findall(r"prefdata build (\S+\.toml) -o (\S+)", text)}
+    uses = re.findall(r"prefdata train (\S+) [^\n]*--epsilon auto", text)
+    assert uses
+    for folder in uses:
+        assert folder in built, f"README trains on {folder} with --epsilon auto but never builds it"
+        stages = tomllib.loads((REPO / built[folder]).read_text())["stages"]
+        assert any(stage["type"] == "noise" for stage in stages), f"{built[folder]} has no noise stage"
