@@ -66,3 +66,21 @@ def test_build_train_eval_on_shared_hh(shared_data, tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["pairs"] + sum(metrics["skipped"].values()) == 8
+
+
+def test_epochs_sets_the_optimizer_steps(hh_dataset, tiny_model_dir, tmp_path):
+    """--epochs 1 with batch 4 on the 12 pairs: 3 optimizer steps, each pair seen once; 2.5 epochs: ceil(30/4) = 8."""
+    from prefdata.train import TrainConfig
+    from prefdata.train.loop import prepare_run
+
+    run = tmp_path / "run"
+    result = _train([str(hh_dataset), "--model", str(tiny_model_dir), "-o", str(run), "--epochs", "1", "-b", "4",
+                     "--lr", "1e-3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "trained 3 steps" in result.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["pairs_seen"] == summary["train_pairs"] == 12
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    longer = prepare_run(TrainConfig(dataset=hh_dataset, model=str(tiny_model_dir), output_dir=tmp_path / "r2",
+                                     epochs=2.5, batch_size=4))
+    assert longer.total == 8

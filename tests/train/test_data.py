@@ -148,6 +148,16 @@ def test_flip_rate_from_the_card_when_stats_lack_it(tmp_path):
     assert flip.epsilon == 0.2 and "README.md" in origin
 
 
+def test_flip_rate_from_stats_json_wins_over_the_card(tmp_path):
+    (tmp_path / "stats.json").write_text(json.dumps(
+        {"estimates": {"flip_rate": {"epsilon": 0.12, "interval": [0.08, 0.17], "method": "moments"}}}))
+    (tmp_path / "README.md").write_text("---\nprefdata:\n  estimates:\n    flip_rate:\n      epsilon: 0.2\n"
+                                        "      interval: [0.1, 0.3]\n      method: mixture\n---\n# card\n")
+    flip, origin = read_flip_rate(tmp_path)
+    assert flip.epsilon == 0.12 and flip.method == "moments"
+    assert origin == str(tmp_path / "stats.json")
+
+
 def test_flip_rate_missing_or_invalid_is_one_clear_line(tmp_path):
     (tmp_path / "stats.json").write_text(json.dumps({"output": {}}))
     with pytest.raises(TrainError) as info:

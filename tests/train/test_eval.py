@@ -103,3 +103,74 @@ def test_holdout_split_matches_training(hh_dataset, tiny_model_dir):
     assert held["pairs"] == 3 and rest["pairs"] == 9  # the same 3 rows the trainer holds out (test_loop)
     with pytest.raises(ValueError, match="split 'holdout' needs the holdout share"):
         EvalConfig(dataset=hh_dataset, split="holdout")
+
+
+def test_evaluate_reports_the_length_normalised_ranking_accuracy(hh_dataset, tiny_model_dir):
+    metrics = evaluate(EvalConfig(dataset=hh_dataset, model=str(tiny_model_dir), reference_model=str(tiny_model_dir),
+                                  alpha=0.5, limit=8))
+    model, tokenizer, _ = load_causal_lm(str(tiny_model_dir), torch.device("cpu"))
+    examples = encode_pairs(prefdata.load(hh_dataset).select(range(8)), tokenizer, EncodeSpec()).examples
+    scores = score_examples(model, examples, tokenizer.pad_token_id)
+    expected = normalised_ranking_accuracy(scores["chosen_logps"], scores["rejected_logps"], scores["chosen_lengths"],
+                                           scores["rejected_lengths"])
+    assert metrics["ranking_accuracy_normalised"] == expected
+    # per-token log-probs order these pairs differently from the sums, so the two metrics are not one number
+    assert metrics["ranking_accuracy_normalised"] != metrics["ranking_accuracy"]
+
+
+def test_alpha_column_wins_over_the_flip_rate(hh_dataset, tiny_model_dir, tmp_path):
+    """A per-pair `--alpha-column` is used even when the dataset has a flip-rate estimate: alpha 1 (unanimous)
+    counts a pair, alpha 0 never does, whatever the reference says, so 3 of 12 pairs at alpha 1 give 1/4."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(hh_dataset, data)
+    shards = sorted((data / "data").glob("*.parquet"))
+    seen = 0
+    for shard in shards:
+        table = pq.read_table(shard)
+        agree = [1.0 if seen + i < 3 else 0.0 for i in range(table.num_rows)]
+        seen += table.num_rows
+        pq.write_table(table.append_column("agree", pa.array(agree, pa.float64())), shard)
+    stats = json.loads((data / "stats.json").read_text())
+    stats["estimates"] = {"flip_rate": {"epsilon": 0.2, "interval": [0.1, 0.3], "method": "injected"}}
+    (data / "stats.json").write_text(json.dumps(stats))
+    common = {"dataset": data, "model": str(tiny_model_dir), "reference_model": str(tiny_model_dir), "beta": 0.1}
+    by_column = evaluate(EvalConfig(**common, alpha_column="agree"))
+    assert by_column["pairs"] == 12 and by_column["alpha_source"] == "column agree"
+    assert by_column["idealised_ranking_accuracy"] == 0.25
+    by_flip_rate = evaluate(EvalConfig(**common))
+    assert by_flip_rate["alpha_source"].startswith("1 - flip-rate epsilon from")
+    assert by_flip_rate["idealised_ranking_accuracy"] != 0.25
+    from prefdata.train import TrainError
+
+    with pytest.raises(TrainError, match="no column 'agreement' \\(--alpha-column\\)"):
+        evaluate(EvalConfig(**common, alpha_column="agreement"))
+
+
+def test_eval_holdout_sees_the_rows_training_held_out(hh_dataset, tiny_model_dir, tmp_path, monkeypatch):
+    """The same row ids, not just as many: training's holdout evaluation and `prefdata eval --split holdout`."""
+    from typer.testing import CliRunner
+
+    from prefdata.cli import app
+    from prefdata.train import eval as eval_module
+
+    scored: list[list[str]] = []
+    real = eval_module.evaluate_examples
+    monkeypatch.setattr(eval_module, "evaluate_examples",
+                        lambda model, examples, *a, **k: scored.append([e.id for e in examples]) or real(model, examples, *a, **k))
+    run = tmp_path / "run"
+    train(TrainConfig(dataset=hh_dataset, model=str(tiny_model_dir), output_dir=run, max_steps=1, batch_size=4,
+                      holdout=0.3, save_final=False), progress=False)
+    assert len(scored) == 2 and scored[0] == scored[1]  # before and after training
+    held = scored[0]
+    trained_on = json.loads((run / "config.json").read_text())["counts"]["train"]["pairs"]
+    assert len(held) == 3 and trained_on == 9
+    for split in ("holdout", "train"):
+        result = CliRunner().invoke(app, ["eval", str(hh_dataset), "--model", str(tiny_model_dir), "--reference-model",
+                                          str(tiny_model_dir), "--alpha", "0.5", "--split", split, "--holdout", "0.3"])
+        assert result.exit_code == 0, result.output
+    assert sorted(scored[2]) == sorted(held)
+    all_ids = prefdata.load(hh_dataset)["id"]
+    assert sorted(scored[3]) == sorted(set(all_ids) - set(held)) and len(scored[3]) == 9

@@ -98,3 +98,32 @@ def test_training_with_chunks_follows_the_full_path_loss_curve(hh_dataset, tiny_
     assert losses[0][-1] < losses[0][0] - 0.05  # it learns, so equal curves are not trivially flat
     for other in losses[1:]:
         assert other == pytest.approx(losses[0], abs=1e-4)
+
+
+def test_soft_capped_logits_take_the_full_path_and_stay_exact(hh_dataset, smol_tokenizer):
+    """Gemma-2's final_logit_softcapping (logits = c * tanh(logits / c)) is not a plain linear head: the
+    chunked path would skip the cap, so response_logps falls back to the model's own logits."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from prefdata.train.logps import _chunkable
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=len(smol_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, final_logit_softcapping=2.0,
+                          pad_token_id=smol_tokenizer.pad_token_id, tie_word_embeddings=False)
+    model = Gemma2ForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)  # logits of order 10, so the cap at 2 bites
+    assert _chunkable(model) is None
+    batch = _batch(hh_dataset, smol_tokenizer, n=3)
+    with torch.no_grad():
+        got = response_logps(model, batch, chunk_size=7)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        per_token = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        direct = (per_token * batch["loss_weights"][:, 1:]).sum(-1)
+        # what a plain linear head (no cap) would give: far from the capped numbers
+        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        uncapped = torch.log_softmax(model.lm_head(hidden)[:, :-1].float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        uncapped = (uncapped * batch["loss_weights"][:, 1:]).sum(-1)
+    torch.testing.assert_close(got, direct, atol=1e-4, rtol=1e-5)
+    assert (got - uncapped).abs().max() > 1.0

@@ -146,3 +146,111 @@ def test_bf16_autocast_runs_on_cpu(hh_dataset, tiny_model_dir, tmp_path):
     assert all(math.isfinite(m["loss"]) for m in result.metrics)
     # bf16 log-probs of the same weights differ a little: step 0's loss is near, not exactly, log 2
     assert result.metrics[0]["loss"] == pytest.approx(math.log(2), abs=0.05)
+
+
+# --- what prepare_run switches on, the margin scale, host syncs, LoRA checkpoints ---------------
+
+
+def _lean_mlps(model):
+    from prefdata.train.lean_mlp import _lean_forward, is_swiglu
+
+    mlps = [m for m in model.modules() if is_swiglu(m)]
+    return len(mlps), sum(getattr(m.forward, "__func__", None) is _lean_forward for m in mlps)
+
+
+def test_prepare_run_packs_and_leans_by_default_and_checkpoints_only_when_asked(hh_dataset, tiny_model_dir, tmp_path,
+                                                                                monkeypatch):
+    from prefdata.train import logps
+    from prefdata.train.loop import prepare_run
+    from prefdata.train.packing import packed_attention
+
+    common = {"dataset": hh_dataset, "model": str(tiny_model_dir), "max_steps": 1, "reference": "model"}
+    run = prepare_run(TrainConfig(output_dir=tmp_path / "default", **common))
+    assert packed_attention(run.model)
+    assert _lean_mlps(run.model) == (2, 2)  # both layers' MLPs take the lean backward
+    assert not run.model.is_gradient_checkpointing
+    # the frozen reference copy runs packed too
+    packed_rows: list[int] = []
+    real = logps.packed_hidden_states
+    monkeypatch.setattr(logps, "packed_hidden_states",
+                        lambda decoder, ids, mask: packed_rows.append(ids.shape[0]) or real(decoder, ids, mask))
+    run.reference(collate(run.train_set.examples[:2], run.pad_id))
+    assert packed_rows == [4]
+
+    off = prepare_run(TrainConfig(output_dir=tmp_path / "off", padding_free=False, lean_mlp=False,
+                                  gradient_checkpointing=True, **common))
+    assert not packed_attention(off.model)
+    assert _lean_mlps(off.model) == (2, 0)
+    assert off.model.is_gradient_checkpointing
+
+
+def test_margin_scale_multiplies_the_margin_column(hh_dataset, tiny_model_dir, tmp_path):
+    """loss 'margin' with margin_scale 2: the loop's loss is ell(h - 2 m), h = beta * Delta, as margin_loss computes it."""
+    from prefdata.train.loop import batch_loss, prepare_run
+    from prefdata.train.losses import margin_loss
+
+    data = _with_extras(hh_dataset, tmp_path / "extras.parquet")  # margins 0.5 + 0.1 i
+    run = prepare_run(TrainConfig(dataset=data, model=str(tiny_model_dir), output_dir=tmp_path / "run", loss="margin",
+                                  margin_scale=2.0, rationale_weight=0.0, beta=0.5, max_steps=1, reference="model"))
+    with torch.no_grad():  # move the policy off the reference, so h != 0
+        torch.manual_seed(0)
+        for p in run.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = collate(run.train_set.examples[:4], run.pad_id)
+    assert batch["margin"].tolist() == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    with torch.no_grad():
+        loss, metrics = batch_loss(run.model, batch, run.reference, **run.loss_args)
+        B = batch["n_pairs"]
+        policy = response_logps(run.model, batch)
+        ref_chosen, ref_rejected = run.reference(batch)
+        args = (policy[:B], policy[B : 2 * B], ref_chosen, ref_rejected)
+        expected = margin_loss(*args, beta=0.5, margin=2.0 * batch["margin"]).losses.mean()
+        unscaled = margin_loss(*args, beta=0.5, margin=batch["margin"]).losses.mean()
+    h = 0.5 * ((policy[:B] - ref_chosen) - (policy[B : 2 * B] - ref_rejected))
+    assert h.abs().min() > 1e-3
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) == pytest.approx(float(torch.nn.functional.softplus(2.0 * batch["margin"] - h).mean()), rel=1e-5)
+    assert abs(float(expected) - float(unscaled)) > 0.1
+
+
+def test_metrics_are_read_to_the_host_only_on_logged_steps(hh_dataset, tiny_model_dir, tmp_path, monkeypatch):
+    from prefdata.train import loop
+
+    reads: list[int] = []
+    real_host_metrics, real_step = loop.host_metrics, loop.optimizer_step
+
+    def counting_host_metrics(step_metrics):
+        reads.append(len(step_metrics))
+        return real_host_metrics(step_metrics)
+
+    def checked_step(run, stream, step):
+        lr, step_metrics, grad_norm, pairs = real_step(run, stream, step)
+        assert all(isinstance(v, torch.Tensor) for m in step_metrics for v in m.values())  # still on the device
+        return lr, step_metrics, grad_norm, pairs
+
+    monkeypatch.setattr(loop, "host_metrics", counting_host_metrics)
+    monkeypatch.setattr(loop, "optimizer_step", checked_step)
+    result = train(TrainConfig(dataset=hh_dataset, model=str(tiny_model_dir), output_dir=tmp_path / "run", max_steps=5,
+                               batch_size=2, grad_accum=2, lr=1e-3, log_every=2, save_final=False), progress=False)
+    assert [m["step"] for m in result.metrics] == [2, 4, 5]  # every 2nd step, and the last
+    assert reads == [2, 2, 2]  # one read per logged step, of its 2 micro-batches
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 5]
+
+
+def test_lora_checkpoints_hold_the_adapter(hh_dataset, tiny_model_dir, tmp_path):
+    train(TrainConfig(dataset=hh_dataset, model=str(tiny_model_dir), output_dir=tmp_path / "run", max_steps=2,
+                      batch_size=4, lr=5e-2, warmup_ratio=0.0, save_every=1,
+                      lora={"r": 4, "target_modules": ["q_proj", "v_proj"]}), progress=False)
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "adapter_config.json").is_file()
+    assert not (checkpoint / "model.safetensors").exists()  # the adapter, not a merged copy
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()  # final/ is merged
+    # the adapter folder loads on its base model and differs from it
+    device = torch.device("cpu")
+    base, tokenizer, _ = load_causal_lm(str(tiny_model_dir), device)
+    adapted, _, _ = load_causal_lm(str(checkpoint), device)
+    batch = collate(encode_pairs(prefdata.load(hh_dataset).select(range(2)), tokenizer, EncodeSpec()).examples,
+                    tokenizer.pad_token_id)
+    with torch.no_grad():
+        assert not torch.allclose(response_logps(base, batch), response_logps(adapted, batch))
