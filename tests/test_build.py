@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +17,7 @@ import prefdata
 from prefdata.builder import resolve_recipe, run_build
 from prefdata.recipe import RecipeError, load_recipe
 from prefdata.schemas.errors import InputError
+from prefdata.schemas.output_folder import OutputFolderError
 from prefdata.schemas.pair import CORE_PAIR_COLUMNS, schema_version_of
 
 from .conftest import FIXTURES, REPO
@@ -196,14 +201,71 @@ def test_no_usable_rows_fails_before_any_engine_loads(tmp_path, content, message
     assert not (tmp_path / "out").exists()
 
 
+def _unloadable_engine_recipe(src, out):
+    """Prompts for on_policy on an engine that cannot load: a build that got as far as loading
+    engines would fail with the engine's error instead of the one the test expects."""
+    return {"source": {"path": str(src)}, "engines": {"policy": {"backend": "transformers", "model": str(out.parent / "no-model")}},
+            "stages": [{"type": "on_policy", "n": 2}], "output": {"dir": str(out)}}
+
+
+@pytest.mark.parametrize("place", ["read_only_folder", "sysfs"])
+def test_an_unwritable_output_folder_stops_the_build_before_an_engine_loads(tmp_path, monkeypatch, place):
+    if place == "sysfs":  # no one, root included, may create a folder in sysfs
+        out = Path("/sys/prefdata-out")
+    else:  # a read-only folder; root ignores permission bits, so os.access answers as for a user
+        out = tmp_path / "out"
+        out.mkdir()
+        out.chmod(0o555)
+        if os.geteuid() == 0:
+            real_access = os.access
+
+            def access(path, mode, *args, **kwargs):
+                if mode & os.W_OK and Path(path).absolute() == out:
+                    return False
+                return real_access(path, mode, *args, **kwargs)
+
+            monkeypatch.setattr(os, "access", access)
+    with pytest.raises(OutputFolderError, match="not writable|cannot create it"):
+        run_build(_unloadable_engine_recipe(FIXTURES / "prompts_small.jsonl", out))
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_second_build_into_a_folder_being_built_is_refused(tmp_path):
+    """Another process holds the folder (as a running build does, after claiming it): run_build is
+    refused before an engine loads, and the folder is left as it was."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from prefdata.schemas.output_folder import OutputFolder; "
+                               "folder = OutputFolder.claim(sys.argv[1]); print('claimed', flush=True); sys.stdin.read()",
+         str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        before = _files(out)
+        with pytest.raises(OutputFolderError, match="another prefdata build is writing into this folder"):
+            run_build(_unloadable_engine_recipe(FIXTURES / "prompts_small.jsonl", out))
+        assert _files(out) == before
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    # the holder gone, the folder is free again
+    run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", out))
+    assert (out / "stats.json").is_file()
+
+
 def test_bom_and_compressed_jsonl_read_like_plain(tmp_path):
     plain = (FIXTURES / "pairs_small.jsonl").read_bytes()
     variants = {"bom.jsonl": b"\xef\xbb\xbf" + plain}
-    for suffix, codec in ((".jsonl.gz", "gzip"), (".json.gz", "gzip"), (".jsonl.zst", "zstd")):
+    for suffix, codec in ((".jsonl.gz", "gzip"), (".json.gz", "gzip"), (".jsonl.zst", "zstd"),
+                          (".jsonl.lz4", "lz4")):  # pyarrow's lz4 is the LZ4 frame format the `lz4` tool writes
         path = tmp_path / f"c{suffix}"
         with pa.output_stream(str(path), compression=codec) as stream:
             stream.write(plain)
         variants[path.name] = None
+    import bz2
+
+    (tmp_path / "c.jsonl.bz2").write_bytes(bz2.compress(plain))  # written by the standard library, not pyarrow
+    variants["c.jsonl.bz2"] = None
+    assert {name.rsplit(".", 1)[-1] for name in variants} == {"jsonl", "gz", "zst", "bz2", "lz4"}
     (tmp_path / "bom.jsonl").write_bytes(variants["bom.jsonl"])
     expected = run_build(_pairs_recipe(FIXTURES / "pairs_small.jsonl", tmp_path / "o-plain"))
     for name in variants:

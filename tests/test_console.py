@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,8 @@ from rich.console import Console
 from prefdata.builder import run_build
 from prefdata.console import BuildConsole, BuildProgressModel, print_summary
 from prefdata.logs import capture_output
+
+from .conftest import FIXTURES
 
 
 class Clock:
@@ -187,3 +190,70 @@ def test_a_crash_names_the_build_log_and_keeps_its_exception(tmp_path):
     with pytest.raises(RuntimeError, match="engine died"), view.running():
         raise RuntimeError("engine died")
     assert out.getvalue() == f"the engines' logs are in {view.log_path}\n"
+
+
+def _progress_lines(view: BuildConsole) -> dict[str, str]:
+    """The live display's rows as a terminal shows them, by task name."""
+    out = io.StringIO()
+    Console(file=out, width=200).print(view.display.make_tasks_table(view.display.tasks))
+    return {line.split()[0]: line for line in out.getvalue().splitlines() if line.strip()}
+
+
+def test_a_projected_total_shows_a_tilde_and_an_exact_one_does_not():
+    """README: rows done / total, `~` marking a total projected from the shards seen so far."""
+    view = BuildConsole(Console(file=io.StringIO(), width=200), quiet=False)
+    view.begin(["on_policy", "reference_logps"], [4, 4])
+    view.stage_started(0, 0, 4)
+    view.stage_started(1, 0, 3)  # on_policy kept 3 of shard 0's 4 rows: 6 of 8 projected for stage 1
+    lines = _progress_lines(view)
+    assert "0/8 rows" in lines["on_policy"] and "~" not in lines["on_policy"]  # the input's rows: exact
+    assert "0/~6 rows" in lines["reference_logps"]
+    view.shard_done(0, [(4, 3), (3, 3)], resumed_stages=0)
+    view.stage_started(0, 1, 4)
+    view.stage_started(1, 1, 2)  # every shard seen: 3 + 2 rows, no longer a projection
+    lines = _progress_lines(view)
+    assert "3/5 rows" in lines["reference_logps"] and "~" not in lines["reference_logps"]
+
+
+def _dedup_recipe(tmp_path):
+    """A build without engines whose one stage checkpoints: a rerun re-uses every stage run."""
+    recipe = tmp_path / "dedup.yaml"
+    recipe.write_text(f"name: dedup\nsource: {{path: '{FIXTURES / 'pairs_small.jsonl'}', kind: pairs}}\n"
+                      "stages: [{type: dedup, near_threshold: null}]\noutput: {shard_size: 5}\n")
+    return recipe
+
+
+def test_the_summary_says_what_a_resume_re_used(tmp_path):
+    from typer.testing import CliRunner
+
+    from prefdata.cli import app
+
+    recipe, out = _dedup_recipe(tmp_path), tmp_path / "out"
+    first = CliRunner().invoke(app, ["build", str(recipe), "-o", str(out), "-q"])
+    assert first.exit_code == 0, first.output
+    assert "resumed" not in first.output  # nothing to re-use on a fresh build
+    again = CliRunner().invoke(app, ["build", str(recipe), "-o", str(out), "-q"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "stats.json").read_text())["resumed"] == {"shards": 3, "stages": 3}
+    assert "resumed 3 of 3 shards (3 stage runs re-used)" in again.output
+
+
+def test_quiet_hides_the_progress_lines(tmp_path, monkeypatch, capfd):
+    """On a terminal `prefdata build` shows a line per stage (`11/11 rows`); `-q` shows none, the
+    summary still prints."""
+    from typer.testing import CliRunner
+
+    import prefdata.cli
+
+    recipe = _dedup_recipe(tmp_path)
+    shown = {}
+    for flags in ((), ("-q",)):
+        terminal = io.StringIO()
+        monkeypatch.setattr(prefdata.cli, "console", Console(file=terminal, force_terminal=True, width=200))
+        result = CliRunner().invoke(prefdata.cli.app, ["build", str(recipe), "-o", str(tmp_path / f"out{len(flags)}"),
+                                                       *flags])
+        assert result.exit_code == 0, result.output
+        shown[flags] = terminal.getvalue() + capfd.readouterr().err  # the display may draw while output is captured
+    progress = re.compile(r"\b\d+/~?\d+ rows")
+    assert progress.search(shown[()]) and "dedup" in shown[()]
+    assert not progress.search(shown[("-q",)]) and "11 -> 11 rows" in shown[("-q",)]  # the summary, not progress

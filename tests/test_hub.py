@@ -270,6 +270,34 @@ def test_retryable_errors_are_retried_with_backoff_others_fail_in_one_line(hub, 
     assert sleeps == [0.5, 1.0, 0.5, 1.0] and len(hub.repo("tester/forbidden").commits) == 1
 
 
+def test_every_retryable_status_is_retried_408_included(hub, pairs_build, monkeypatch):
+    """The statuses retried with backoff: 408, 429, 500, 502, 503 and 504, each in turn on one push."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    sleeps: list[float] = []
+    monkeypatch.setattr("prefdata.hub.time.sleep", sleeps.append)
+    statuses = [408, 429, 500, 502, 503, 504]
+    hub.fail_next["commit"] = list(statuses)
+    result = push_to_hub(pairs_build, "tester/flaky-all", max_retries=len(statuses), backoff=0.5)
+    assert commit_posts(hub, "tester/flaky-all") == [*statuses, 200]
+    assert sleeps == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    assert result.commit_oid == hub.repo("tester/flaky-all").head.oid
+
+
+def test_push_uploads_the_stats_in_the_same_commit(hub, pairs_build, monkeypatch):
+    """README: push uploads the shards, the resolved recipe, the stats and the card in ONE commit."""
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    push_to_hub(pairs_build, "tester/with-stats", config_name="small")
+    repo = hub.repo("tester/with-stats")
+    assert len(repo.commits) == 2 and len(commit_posts(hub, "tester/with-stats")) == 1  # creation + the push
+    files = repo.commits[1].files
+    assert json.loads(files["prefdata/small/stats.json"]) == json.loads((pairs_build / "stats.json").read_text())
+    assert json.loads(files["prefdata/small/recipe.json"]) == json.loads((pairs_build / "recipe.json").read_text())
+    assert "README.md" in files and any(p.startswith("small/") and p.endswith(".parquet") for p in files)
+    assert "prefdata/small/stats.json" not in repo.commits[0].files
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -188,3 +188,22 @@ def test_html_report_renders_in_headless_chromium(curated, plain, tmp_path):
         assert with_plots > without_plots + 200, (name, with_plots, without_plots)
     write_html(summarize(curated[0]), tmp_path / "again.html")
     assert (tmp_path / "again.html").read_text() == (tmp_path / "curated.html").read_text()  # deterministic
+
+
+def test_inspect_shows_rows_in_and_out_per_stage(tmp_path):
+    """README: `inspect` shows rows in/out per stage (stats.json's stages), in the terminal and the HTML."""
+    src = tmp_path / "pairs.jsonl"
+    rows = [{"id": f"r{i}", "prompt": prompt, "chosen": "Yes.", "rejected": "No."}
+            for i, prompt in enumerate(["Is water wet?", "Is fire hot?", "Is water wet?"])]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run_build({"name": "dedup", "source": {"path": str(src), "kind": "pairs"},
+               "stages": [{"type": "dedup", "near_threshold": None}], "output": {"dir": str(out)}})
+    result = CliRunner().invoke(app, ["inspect", str(out)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "stages" in result.output
+    assert re.search(r"│ dedup\s*│\s*3 │\s*2 │ exact_duplicate=1\s*│", result.output), result.output
+    page = render_html(summarize(out))
+    stages = page.split("<h2>Stages</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "<th>stage</th><th>rows in</th><th>rows out</th><th>drops</th>" in stages
+    assert "<tr><td>dedup</td><td>3</td><td>2</td><td>exact_duplicate=1</td></tr>" in stages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from prefdata.engines import SamplingParams
@@ -120,3 +121,25 @@ def test_request_key_follows_the_engine_identity(hf_engine, prompts, tmp_path):
     assert store.counts["hits"] == 0 and store.counts["misses"] == 2
     CachedEngine(hf_engine, store).generate(prompts[:1], params)
     assert store.counts["hits"] == 1
+
+
+def test_a_build_with_the_cache_off_writes_no_request_cache(hf_engine, tmp_path):
+    """`[output] cache = false` and `run_build(cache=False)` (the CLI's --no-cache) keep no
+    `.prefdata/requests.sqlite`; the same build with the cache on (the default) writes one."""
+    from prefdata.builder import run_build
+    from prefdata.pipeline.checkpoint import REQUEST_CACHE_FILE
+
+    src = tmp_path / "pair.jsonl"
+    src.write_text('{"id": "p0", "prompt": "Hi?", "chosen": "Hello.", "rejected": "No."}\n')
+
+    def build(name, flag=None, **output):
+        recipe = {"name": name, "source": {"path": str(src), "kind": "pairs"},
+                  "engines": {"policy": {"backend": "transformers", "dtype": "float32"}},
+                  "stages": [{"type": "reference_logps"}], "output": {"dir": str(tmp_path / name), **output}}
+        return run_build(recipe, engines={"policy": hf_engine}, cache=flag)
+
+    on = build("on")
+    assert (on.out_dir / REQUEST_CACHE_FILE).is_file() and on.stats["request_cache"]["writes"] > 0
+    for off in (build("recipe_off", cache=False), build("flag_off", flag=False)):
+        assert not (off.out_dir / REQUEST_CACHE_FILE).exists() and off.stats["request_cache"] is None
+        assert pq.read_table(off.out_dir / "data").to_pylist() == pq.read_table(on.out_dir / "data").to_pylist()
