@@ -11,6 +11,8 @@ answers. `ServedModel.stop()` ends its process group.
 * `rewrite_text(text) -> text` replaces each returned completion's text (scripted verdicts);
 * `strip_logprobs` drops log-probs from answers (a server that gives none, like many hosted APIs).
 * `models_root` replaces the model path `/v1/models` reports (another model behind the same name).
+* `drop` (a count) closes the connection of the next requests without any answer (status 0 in `requests`);
+* `refuse_prompt_logprobs` answers 400 to a request that asks for `prompt_logprobs` (a server without them).
 It records (method, path, status) per request and the Authorization headers it saw, so a test
 can check a key was sent (and then that it was written nowhere).
 """
@@ -97,6 +99,8 @@ class Proxy:
     rewrite_text: Callable[[str], str] | None = None
     strip_logprobs: bool = False
     models_root: str | None = None
+    drop: int = 0
+    refuse_prompt_logprobs: bool = False
     requests: list[tuple[str, str, int]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
 
@@ -112,11 +116,19 @@ class Proxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with lock:
                     proxy.authorizations.append(self.headers.get("Authorization", ""))
-                    scripted = proxy.fail.pop(0) if proxy.fail else None
+                    dropped, proxy.drop = proxy.drop > 0, max(proxy.drop - 1, 0)
+                    scripted = proxy.fail.pop(0) if proxy.fail and not dropped else None
+                    if dropped:
+                        proxy.requests.append((method, self.path, 0))
+                if dropped:  # no status line, no headers: the connection just closes
+                    self.close_connection = True
+                    return
                 if scripted is not None:
                     status, headers = scripted
                     return self._send(method, status, json.dumps({"error": {"message": f"scripted {status}"}}).encode(),
                                       headers)
+                if proxy.refuse_prompt_logprobs and body and "prompt_logprobs" in json.loads(body):
+                    return self._send(method, 400, b'{"error": {"message": "prompt_logprobs not supported"}}', {})
                 if proxy.reject_token_prompts and self.path.endswith("/completions") and body:
                     prompt = json.loads(body).get("prompt")
                     if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):

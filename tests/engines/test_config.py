@@ -37,3 +37,33 @@ def test_an_unset_dtype_loads_the_native_one_and_the_identity_records_it():
     assert engine.identity()["config"]["forward_batch_size"] == 1
     # what a resumed build (Ray's driver) computes without loading the engine is the same identity
     assert config_identity(config) == engine.identity()
+
+
+class _Loaded(Exception):
+    """Raised by the model spy: what was asked is recorded, no weights are loaded."""
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_trust_remote_code_is_off_by_default_and_reaches_the_transformers_loaders(monkeypatch, trusted):
+    """README: `trust_remote_code` stays off unless you set it (hub model code runs only then)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert EngineConfig().trust_remote_code is False
+    assert EngineConfig.model_validate({"backend": "transformers"}).trust_remote_code is False
+    seen = {}
+    load_tokenizer = AutoTokenizer.from_pretrained
+
+    def tokenizer_spy(*args, **kwargs):
+        seen["tokenizer"] = kwargs.get("trust_remote_code")
+        return load_tokenizer(*args, **kwargs)
+
+    def model_spy(*args, **kwargs):
+        seen["model"] = kwargs.get("trust_remote_code")
+        raise _Loaded
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", tokenizer_spy)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model_spy)
+    config = EngineConfig(backend="transformers", dtype="float32", **({"trust_remote_code": True} if trusted else {}))
+    with pytest.raises(_Loaded):
+        TransformersEngine(config)
+    assert seen == {"tokenizer": trusted, "model": trusted}

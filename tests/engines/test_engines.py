@@ -155,3 +155,20 @@ def test_cpu_forward_passes_give_each_sequence_the_numbers_it_gets_alone(hf_engi
     for i in range(len(prompts)):
         assert np.array_equal(hf_engine.score([prompts[i]], [targets[i]])[0], together[i])
         assert np.array_equal(hf_engine.hidden_state_sums([sequences[i]], [spans[i]])[0], sums[i])
+
+
+def test_transformers_seeded_request_samples_the_same_tokens_whatever_its_batch(hf_engine, chat_formatter):
+    """README: each request draws from its own generator, so a seeded request's samples do not
+    depend on what else is decoded with it (here: alone, then left-padded among longer prompts)."""
+    target = chat_formatter.prompt_ids(CHATS[0])
+    others = [chat_formatter.prompt_ids([{"role": "user", "content": text}]) for text in (
+        "Write a story about a dragon who learns to bake bread in a mountain village.", "List three primes.")]
+    assert len({len(p) for p in [target, *others]}) == 3 and max(map(len, others)) > len(target)  # target padded
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=21)
+    alone = hf_engine.generate([target], params)[0]
+    batched = hf_engine.generate([others[0], target, others[1]],
+                                 [SamplingParams(temperature=1.0, max_tokens=8, seed=5), params,
+                                  SamplingParams(temperature=1.0, max_tokens=8, seed=9)])
+    assert hf_engine.config.batch_size >= 4  # all 4 samples share one decode batch
+    assert [c.token_ids for c in batched[1]] == [c.token_ids for c in alone]
+    assert len({c.token_ids for c in alone}) == 2  # sampled (two derived seeds, two answers), not greedy

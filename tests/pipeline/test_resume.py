@@ -119,6 +119,7 @@ def test_killed_build_resumes_to_identical_output(reference, tmp_path, kill_at):
     assert len(list((out / CHECKPOINT_DIR).rglob("*.json"))) == 4  # 2 shards x 2 stages, nothing stale
 
 
+@pytest.mark.vllm
 def test_vllm_build_killed_during_generation_resumes_identically(tmp_path):
     """The quickstart's engine: reference, killed and resumed runs all on vLLM."""
     reference_out, out = tmp_path / "reference", tmp_path / "out"
