@@ -163,14 +163,22 @@ class BuildProgressModel:
             self.stages[self.current].chunk(operation, done, total)
 
     def shard_done(self, shard: int, counts: list[tuple[int, int]], resumed_stages: int) -> None:
-        now = self.clock()
-        input_rows = self.shard_rows[shard] if shard < len(self.shard_rows) else (counts[0][0] if counts else 0)
         for position, (rows_in, _rows_out) in enumerate(counts):
-            while len(self.stages) <= position:
-                self.stages.append(StageTrack(f"stage {len(self.stages)}"))
-            self.stages[position].finish(rows_in, input_rows, live=position >= resumed_stages, now=now)
+            self._stage_finished(position, shard, rows_in, resumed=position < resumed_stages,
+                                 first_rows=counts[0][0])
         self.current = None
         self.shards_done += 1
+
+    def stage_done(self, position: int, shard: int, rows_in: int, resumed: bool) -> None:
+        self._stage_finished(position, shard, rows_in, resumed, first_rows=rows_in)
+        if self.current == position:
+            self.current = None
+
+    def _stage_finished(self, position: int, shard: int, rows_in: int, resumed: bool, first_rows: int) -> None:
+        input_rows = self.shard_rows[shard] if shard < len(self.shard_rows) else first_rows
+        while len(self.stages) <= position:
+            self.stages.append(StageTrack(f"stage {len(self.stages)}"))
+        self.stages[position].finish(rows_in, input_rows, live=not resumed, now=self.clock())
 
     def on_shard(self, done: int, total: int | None) -> None:
         """`run_build(on_shard=...)`: the shard count (the only report the Ray executor makes;
@@ -222,6 +230,10 @@ class BuildConsole(BuildProgressModel):
 
     def shard_done(self, shard: int, counts: list[tuple[int, int]], resumed_stages: int) -> None:
         super().shard_done(shard, counts, resumed_stages)
+        self._refresh()
+
+    def stage_done(self, position: int, shard: int, rows_in: int, resumed: bool) -> None:
+        super().stage_done(position, shard, rows_in, resumed)
         self._refresh()
 
     def on_shard(self, done: int, total: int | None) -> None:

@@ -223,6 +223,29 @@ def _dedup_recipe(tmp_path):
     return recipe
 
 
+def test_a_whole_input_stage_moves_its_rows_shard_by_shard_fresh_and_resumed(tmp_path):
+    """A recipe with a whole-input stage runs stage by stage over all shards (its barrier): each
+    shard's score phase counts as done when it finishes, and a resumed build counts the checkpointed
+    stages, so the line ends at rows in / total either way (it used to stay at 0/11)."""
+    seen: list[int] = []
+
+    class Recorder(BuildProgressModel):
+        def stage_done(self, position, shard, rows_in, resumed):
+            super().stage_done(position, shard, rows_in, resumed)
+            seen.append(self.rows(0)[0])
+
+    recipe = {"name": "dedup", "source": {"path": str(FIXTURES / "pairs_small.jsonl"), "kind": "pairs"},
+              "stages": [{"type": "dedup", "near_threshold": None}],
+              "output": {"dir": str(tmp_path / "out"), "shard_size": 5}}
+    for run in ("fresh", "resumed"):
+        seen.clear()
+        recorder = Recorder()
+        run_build(recipe, progress=recorder, on_shard=recorder.on_shard)  # as the CLI wires it
+        assert seen == [5, 10, 11], run  # 11 rows in shards of 5, 5, 1
+        assert recorder.rows(0) == (11, 11, True) and recorder.shards_done == 3, run
+    assert recorder.stages[0].live_rows == 0  # the resumed run re-used every shard: none counts for the ETA
+
+
 def test_the_summary_says_what_a_resume_re_used(tmp_path):
     from typer.testing import CliRunner
 

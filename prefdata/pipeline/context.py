@@ -97,7 +97,8 @@ class BuildProgress(Protocol):
     """What the local executor reports while it runs (`prefdata.console` renders it). Calls come
     from the process running the stages, in this order per shard: `stage_started` for each stage
     that runs (checkpointed ones are skipped), `engine_chunk` as an engine call's requests are answered,
-    `shard_done` once the shard's output is written."""
+    `shard_done` once the shard's output is written (or `stage_done` per stage and shard, with a
+    whole-input stage in the recipe)."""
 
     def begin(self, stages: list[str], shard_rows: list[int]) -> None:
         """The build's stages (names, in order) and the usable input rows of each shard."""
@@ -111,6 +112,11 @@ class BuildProgress(Protocol):
     def shard_done(self, shard: int, counts: list[tuple[int, int]], resumed_stages: int) -> None:
         """Shard `shard` is written: (rows in, rows out) per stage; the first `resumed_stages` came
         from checkpoints."""
+
+    def stage_done(self, position: int, shard: int, rows_in: int, resumed: bool) -> None:
+        """Stage `position` is done with shard `shard` (`rows_in` rows; `resumed`: from a checkpoint).
+        A recipe with a whole-input stage runs stage by stage over all shards, so the executor reports
+        each stage's shards as they finish, then only the shard count (`on_shard`), never `shard_done`."""
 
 
 # `BuildContext.info` key: a judge's accuracy on held-out pairs, published by the scorer stage that
@@ -131,6 +137,10 @@ class BuildContext:
     def stage_started(self, position: int, shard: int, rows: int) -> None:
         if self.progress is not None:
             self.progress.stage_started(position, shard, rows)
+
+    def stage_done(self, position: int, shard: int, rows_in: int, resumed: bool = False) -> None:
+        if self.progress is not None:
+            self.progress.stage_done(position, shard, rows_in, resumed)
 
     def seed_for(self, *parts: Any) -> int:
         """A per-row seed: the same row gets the same seed whatever shard or batch it lands in."""

@@ -113,8 +113,11 @@ def _resume(shard: _Shard, stages: Sequence[Stage], whole: list[bool], keys: lis
 
 def _run_stage(shard: _Shard, position: int, stage: Stage, ctx: BuildContext, keys: list[list[str]] | None,
                checkpoints: Checkpoints | None, rejects: RejectLog) -> None:
-    out, stats = stage.run(shard.loaded(), ctx)
+    table = shard.loaded()
+    ctx.stage_started(position, shard.index, table.num_rows)
+    out, stats = stage.run(table, ctx)
     _commit(shard, position, stage, out, stats, keys, checkpoints, rejects)
+    ctx.stage_done(position, shard.index, stats.rows_in)
 
 
 def _commit(shard: _Shard, position: int, stage: Stage, out: StageOutput, stats: StageStats,
@@ -137,6 +140,8 @@ def _run_with_barriers(tables: list[pa.Table], stages: Sequence[Stage], ctx: Bui
     if checkpoints is not None:
         for shard in shards:
             _resume(shard, stages, whole, keys[shard.index], fits, checkpoints, result.rejects)
+            for position, stats in enumerate(shard.stats):
+                ctx.stage_done(position, shard.index, stats.rows_in, resumed=True)
             result.resumed["stages"] += shard.next
             result.resumed["shards"] += shard.next == len(stages)
     start = 0
@@ -166,9 +171,12 @@ def _barrier(shards: list[_Shard], position: int, stage: WholeInputStage, ctx: B
     elif not pending:
         return
     scored = {}
-    for shard in pending:
-        scored[shard.index] = stage.run_score(shard.loaded(), ctx)
+    for shard in pending:  # the score phase is the stage's per-shard work: progress counts it
+        table = shard.loaded()
+        ctx.stage_started(position, shard.index, table.num_rows)
+        scored[shard.index] = stage.run_score(table, ctx)
         shard.table = scored[shard.index][0].table
+        ctx.stage_done(position, shard.index, scored[shard.index][1].rows_in)
     if loaded is None:  # every shard is pending: `_resume` stops all of them at a fit without a checkpoint
         fitted, fit_stats = stage.run_fit(fit_view(stage, [shard.loaded() for shard in shards]), ctx)
         if checkpoints is not None:
