@@ -54,7 +54,7 @@ class RequestStore:
     def __init__(self, path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES):
         self.path, self.max_bytes = Path(path), max_bytes
         self._db: sqlite3.Connection | None = None  # opened on first use: a build without engines writes nothing
-        self.counts: Counter = Counter()
+        self.counts: Counter = Counter({"hits": 0, "misses": 0})  # always in stats.json, even at 0
 
     @property
     def db(self) -> sqlite3.Connection:
