@@ -290,6 +290,8 @@ def _format_validation(origin: str, exc: ValidationError) -> str:
 
 
 def parse_recipe(data: dict[str, Any], origin: str = "<recipe>") -> Recipe:
+    if data is None:  # YAML reads an empty file (or comments only) as null
+        raise RecipeError(f"{origin}: the recipe is empty; a recipe must be a table/mapping")
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: a recipe must be a table/mapping, got {type(data).__name__}")
     try:

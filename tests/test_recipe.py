@@ -84,7 +84,7 @@ def test_a_recipe_is_a_toml_or_yaml_file_read_the_same(tmp_path):
 def test_an_empty_yaml_recipe_is_an_error_naming_the_file(tmp_path, content):
     path = tmp_path / "empty.yaml"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(RecipeError, match=r"empty\.yaml: a recipe must be a table/mapping") as info:
+    with pytest.raises(RecipeError, match=r"empty\.yaml: the recipe is empty; a recipe must be a table/mapping") as info:
         load_recipe(path)
     assert "\n" not in str(info.value)
 
