@@ -212,7 +212,7 @@ def simulated_judges(eval_pairs: int, fit_pairs: int, accuracies: tuple[float, .
     found = {}
     for accuracy in accuracies:
         rng = np.random.default_rng(round(accuracy * 1000))
-        hits, covered, total = 0, 0, 0
+        hits, covered = 0, 0
         for _ in range(repeats):
             right = rng.random(eval_pairs) < accuracy
             held_out = rng.random(fit_pairs) < accuracy
@@ -220,12 +220,10 @@ def simulated_judges(eval_pairs: int, fit_pairs: int, accuracies: tuple[float, .
             for rate in RATES[1:]:
                 est = calibrated_estimate(right ^ flip_mask(order, rate), held_out, bootstrap, level,
                                           seed=int(rng.integers(1 << 31)))
-                if est["epsilon"] is None:
-                    total += 1
-                    continue
-                hits += abs(est["epsilon"] - rate) <= GOAL
-                covered += est["interval"][0] <= rate <= est["interval"][1]
-                total += 1
+                if est["epsilon"] is not None:  # None (held-out accuracy <= 1/2) counts as a miss
+                    hits += abs(est["epsilon"] - rate) <= GOAL
+                    covered += est["interval"][0] <= rate <= est["interval"][1]
+        total = repeats * len(RATES[1:])
         found[str(accuracy)] = {"within": hits / total, "covered": covered / total, "estimates": total}
     return found
 

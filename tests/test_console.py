@@ -234,13 +234,11 @@ def test_a_whole_input_stage_moves_its_rows_shard_by_shard_fresh_and_resumed(tmp
             super().stage_done(position, shard, rows_in, resumed)
             seen.append(self.rows(0)[0])
 
-    recipe = {"name": "dedup", "source": {"path": str(FIXTURES / "pairs_small.jsonl"), "kind": "pairs"},
-              "stages": [{"type": "dedup", "near_threshold": None}],
-              "output": {"dir": str(tmp_path / "out"), "shard_size": 5}}
+    recipe = _dedup_recipe(tmp_path)
     for run in ("fresh", "resumed"):
         seen.clear()
         recorder = Recorder()
-        run_build(recipe, progress=recorder, on_shard=recorder.on_shard)  # as the CLI wires it
+        run_build(recipe, output=tmp_path / "out", progress=recorder, on_shard=recorder.on_shard)  # as the CLI wires it
         assert seen == [5, 10, 11], run  # 11 rows in shards of 5, 5, 1
         assert recorder.rows(0) == (11, 11, True) and recorder.shards_done == 3, run
     assert recorder.stages[0].live_rows == 0  # the resumed run re-used every shard: none counts for the ETA

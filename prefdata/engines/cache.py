@@ -16,8 +16,8 @@ Decisions:
   set), its results committed in one transaction when it returns. A call is answered from the
   store only when every one of its requests is there; otherwise it goes to the engine whole,
   cached requests included (and stored again with this call's values), so a request cached by
-  another call or an earlier build never shrinks the batch the others run in. The engine's numbers depend on
-  which requests share its batches (vLLM: 8 of 64 samples' log-probs differed by up to 2.1e-5
+  another call or an earlier build never shrinks the batch the others run in. The engine's
+  numbers depend on which requests share its batches (vLLM: 8 of 64 samples' log-probs differed by up to 2.1e-5
   when the same requests ran as two calls), so results are committed per call and a resumed call
   sends exactly the requests the first run sent (a finished call is a whole cache hit): the
   batches an engine sees are the same in a resumed run, an uninterrupted one and with the cache
@@ -184,8 +184,10 @@ class CachedEngine(Engine):
         for start in range(0, count, size):
             positions = list(range(start, min(start + size, count)))
             wanted = {keys[i] for i in positions if keys[i] is not None}
-            found = self.store.get_many(sorted(wanted)) if self.store is not None and wanted else {}
-            if self.store is not None and all(keys[i] is not None for i in positions) and wanted <= found.keys():
+            # an uncacheable request (unseeded sample) sends the call whole anyway: no lookup then
+            cacheable = self.store is not None and len(wanted) > 0 and all(keys[i] is not None for i in positions)
+            found = self.store.get_many(sorted(wanted)) if cacheable else {}
+            if cacheable and wanted <= found.keys():
                 self.store.counts["hits"] += len(wanted)
                 for i in positions:
                     results[i] = decode(found[keys[i]])

@@ -16,6 +16,14 @@ def prompts(chat_formatter):
             for text in ("Name a colour.", "Count to three.", "Name a colour.")]  # a duplicate prompt stays distinct
 
 
+def _count_calls(engine: CachedEngine, inner) -> list[list]:
+    """Put a recorder between `engine` and `inner`: the list gets the prompts of every `generate` call."""
+    calls: list[list] = []
+    engine.inner = type("Counting", (), {"generate": lambda self, p, q: calls.append(list(p)) or inner.generate(p, q),
+                                         "identity": inner.identity})()
+    return calls
+
+
 def test_cached_generations_equal_fresh_ones_and_are_served_from_the_store(hf_engine, prompts, tmp_path):
     params = [SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=s, top_logprobs=2) for s in (1, 2, 3)]
     fresh = CachedEngine(hf_engine, None).generate(prompts, params)
@@ -25,9 +33,7 @@ def test_cached_generations_equal_fresh_ones_and_are_served_from_the_store(hf_en
     store.close()
     reopened = RequestStore(tmp_path / "requests.sqlite")  # as a resumed process would
     engine = CachedEngine(hf_engine, reopened)
-    calls = []
-    engine.inner = type("Counting", (), {"generate": lambda self, p, q: calls.append(p) or hf_engine.generate(p, q),
-                                         "identity": hf_engine.identity})()
+    calls = _count_calls(engine, hf_engine)
     assert engine.generate(prompts, params) == fresh
     assert calls == [] and reopened.counts["hits"] == 3
     # another seed is another request
@@ -41,9 +47,7 @@ def test_a_call_with_any_uncached_request_goes_to_the_engine_whole(hf_engine, pr
     params = [SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=s, top_logprobs=2) for s in (1, 2, 3)]
     store = RequestStore(tmp_path / "requests.sqlite")
     engine = CachedEngine(hf_engine, store)
-    calls = []
-    engine.inner = type("Counting", (), {"generate": lambda self, p, q: calls.append(list(p)) or hf_engine.generate(p, q),
-                                         "identity": hf_engine.identity})()
+    calls = _count_calls(engine, hf_engine)
     engine.generate(prompts[:1], params[:1])  # an earlier call caches request 0
     whole = engine.generate(prompts, params)  # request 0 cached, 1 and 2 not
     assert calls[-1] == [list(p) for p in prompts]  # all three went to the engine, in order
